@@ -1,0 +1,7 @@
+"""latentbridge: one flow-matching prior over the latents of any codec (text, images, audio, ...)."""
+
+__version__ = "0.1.0"
+
+from latentbridge.errors import LatentbridgeError  # noqa: E402
+
+__all__ = ["LatentbridgeError", "__version__"]
