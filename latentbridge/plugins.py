@@ -218,3 +218,23 @@ def provider_of(codec_cls: type[Codec]) -> str:
     if reg is not None and codec_cls.name in reg and reg.get(codec_cls.name) is codec_cls:
         return reg.entry(codec_cls.name).provider
     return f"module {codec_cls.__module__}"
+
+
+def resolve_codec_configs(cfg: Any, reg: CodecRegistry | None = None) -> dict[str, Any]:
+    """Check an experiment's codec slots against the installed codecs; fill in each codec's full config.
+
+    Returns role -> codec config dataclass. Unknown codec names and bad codec options are errors that
+    name the path (`codecs.<role>.codec`, `codecs.<role>.config.<field>`).
+    """
+    from latentbridge.config import from_dict, to_dict
+
+    reg = reg or registry()
+    resolved = {}
+    for role, slot in cfg.codecs.items():
+        try:
+            cls = reg.get(slot.codec)
+        except UnknownCodecError as err:
+            raise UnknownCodecError(f"codecs.{role}.codec: {err}") from None
+        resolved[role] = from_dict(cls.config_class, slot.config, path=f"codecs.{role}.config")
+        slot.config = to_dict(resolved[role])
+    return resolved

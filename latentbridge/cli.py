@@ -1,0 +1,199 @@
+"""The `latentbridge` command.
+
+    latentbridge codecs list                  installed codecs, their latent specs and providers
+    latentbridge codecs show NAME             a codec's config fields, defaults and docs
+    latentbridge codecs check NAME|--all      conformance checks against installed codecs
+    latentbridge config show FILE [--k=v ..]  the resolved experiment config as YAML
+
+Bad input ends with one line naming the problem and the fix (exit code 2), never a traceback;
+`--debug` shows the traceback anyway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from typing import Sequence
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in latentbridge reaches for a hub
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from latentbridge import __version__  # noqa: E402
+from latentbridge.errors import ConfigError, LatentbridgeError  # noqa: E402
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _split_overrides(extra: Sequence[str], command: str) -> list[str]:
+    bad = [a for a in extra if not (a.startswith("--") and "=" in a)]
+    if bad:
+        raise ConfigError(
+            f"{command}: unexpected argument {bad[0]!r}. Overrides are written --dotted.key=value; "
+            f"see `latentbridge {command} --help`."
+        )
+    return list(extra)
+
+
+# --------------------------------------------------------------------------------------------------
+# codecs
+# --------------------------------------------------------------------------------------------------
+
+
+def cmd_codecs_list(args: argparse.Namespace) -> int:
+    from latentbridge.plugins import registry
+
+    rows = []
+    for entry in registry().entries():
+        spec = entry.cls().latent_spec  # default config
+        rows.append({
+            "name": entry.name,
+            "modality": entry.cls.modality,
+            "dim": spec.dim,
+            "block_size": spec.block_size,
+            "tokens": spec.tokens_per_item if spec.fixed else "variable",
+            "end": spec.end,
+            "provider": entry.provider,
+        })
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        header = list(rows[0]) if rows else ["name"]
+        print(_table([[str(r[k]) for k in header] for r in rows], header))
+        print(f"\n{len(rows)} codec(s). Latent specs are for default configs; `latentbridge codecs show NAME` lists options.")
+    return 0
+
+
+def cmd_codecs_show(args: argparse.Namespace) -> int:
+    from latentbridge.config import dump_yaml
+    from latentbridge.plugins import registry
+
+    entry = registry().entry(args.name)
+    print(f"# codec '{entry.name}' ({entry.cls.modality}) from {entry.provider}")
+    print(f"# class {entry.cls.__module__}.{entry.cls.__qualname__}; config {entry.cls.config_class.__name__}")
+    print(dump_yaml(entry.cls.config_class(), docs=True), end="")
+    return 0
+
+
+def cmd_codecs_check(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from latentbridge.config import apply_overrides, from_dict, parse_overrides, to_dict
+    from latentbridge.plugins import registry
+    from latentbridge.testing import CodecConformance, run_checks
+
+    reg = registry()
+    if args.all == bool(args.name):
+        raise ConfigError("codecs check: name one codec, or pass --all (not both).")
+    names = reg.names() if args.all else [args.name]
+    overrides = parse_overrides(_split_overrides(extra, "codecs check"))
+    if overrides and args.all:
+        raise ConfigError("codecs check: config overrides apply to one codec; drop --all.")
+    failed = 0
+    for name in names:
+        entry = reg.entry(name)
+        config = from_dict(entry.cls.config_class, apply_overrides(to_dict(entry.cls.config_class()), overrides))
+        case = type(f"Check_{name}", (CodecConformance,), {"codec_class": entry.cls, "codec_config": to_dict(config)})()
+        results = run_checks(case)
+        rows = [[r.name.removeprefix("test_"), "pass" if r.passed else "FAIL", r.message] for r in results]
+        print(f"codec '{name}' from {entry.provider}")
+        print(_table(rows, ["check", "result", "message"]))
+        bad = sum(not r.passed for r in results)
+        print(f"{len(results) - bad} passed, {bad} failed\n")
+        failed += bad
+    return 1 if failed else 0
+
+
+# --------------------------------------------------------------------------------------------------
+# config
+# --------------------------------------------------------------------------------------------------
+
+
+def cmd_config_show(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from latentbridge.config import dump_yaml, load_config
+    from latentbridge.plugins import resolve_codec_configs
+
+    cfg = load_config(args.file, _split_overrides(extra, "config show"))
+    resolve_codec_configs(cfg)  # unknown codec names and bad codec options fail here, with their path
+    print(dump_yaml(cfg, docs=args.docs), end="")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# parser and entry point
+# --------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="latentbridge",
+        allow_abbrev=False,
+        description="One flow-matching prior over the latents of any codec: text, images, audio.",
+    )
+    parser.add_argument("--version", action="version", version=f"latentbridge {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    codecs = sub.add_parser("codecs", allow_abbrev=False, help="list, inspect and check installed codecs",
+                            description="Codecs come from plugins (entry-point group latentbridge.codecs).")
+    csub = codecs.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = csub.add_parser("list", help="installed codecs: modality, latent spec, providing distribution",
+                        description="List installed codecs with their latent spec (default config) and the distribution that provides each.")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_codecs_list)
+    p = csub.add_parser("show", help="a codec's config fields with defaults and docs",
+                        description="Print a codec's config dataclass as documented YAML.")
+    p.add_argument("name", help="codec name, as in `latentbridge codecs list`")
+    p.set_defaults(func=cmd_codecs_show)
+    p = csub.add_parser("check", allow_abbrev=False, help="run the conformance checks against an installed codec",
+                        description="Run latentbridge.testing.CodecConformance against a codec and print a pass/fail "
+                                    "table. Options of the codec's config can be set as --field=value. Exit code 1 if a check fails.")
+    p.add_argument("name", nargs="?", help="codec name, as in `latentbridge codecs list`")
+    p.add_argument("--all", action="store_true", help="check every installed codec")
+    p.set_defaults(func=cmd_codecs_check, takes_overrides=True)
+
+    config = sub.add_parser("config", allow_abbrev=False, help="inspect experiment configs",
+                            description="Experiment configs are YAML files (see configs/).")
+    fsub = config.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = fsub.add_parser("show", allow_abbrev=False, help="print the resolved config, after overrides and validation",
+                        description="Load FILE, apply --dotted.key=value overrides, validate against the schema and the "
+                                    "installed codecs, and print the resolved YAML.")
+    p.add_argument("file", help="YAML config file")
+    p.add_argument("--docs", action="store_true", help="write each field's docstring as a comment")
+    p.set_defaults(func=cmd_config_show, takes_overrides=True)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "takes_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        if getattr(args, "takes_overrides", False):
+            return args.func(args, extra)
+        return args.func(args)
+    except LatentbridgeError as err:
+        if args.debug:
+            traceback.print_exc()
+        print(f"latentbridge: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("latentbridge: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # a bug, not bad input: keep it short unless asked
+        if args.debug:
+            traceback.print_exc()
+        else:
+            print(f"latentbridge: internal error: {type(err).__name__}: {err}\n"
+                  "Rerun with --debug for the traceback, and please report it.", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
