@@ -185,8 +185,8 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
                 return _convert(arg, value, path)
             except ConfigError as err:
                 errors.append(err)
-        if len(errors) == 1:
-            raise errors[0]
+        if len(errors) == 1 and not str(errors[0]).startswith(f"{path}: expected"):
+            raise errors[0]  # the problem is deeper inside the one candidate type: keep its path
         raise wrong()
     if origin is Literal:
         if any(value == a and type(value) is type(a) for a in args):
