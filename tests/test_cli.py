@@ -1,0 +1,96 @@
+"""The `latentbridge` command, run as a user runs it: a subprocess of the installed console script."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+EXE = shutil.which("latentbridge", path=str(Path(sys.executable).parent)) or "latentbridge"
+
+
+def run(*args: str, autoload: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    if autoload:
+        full_env.pop("LATENTBRIDGE_DISABLE_PLUGIN_AUTOLOAD", None)
+    full_env.update(env or {})
+    return subprocess.run([EXE, *args], capture_output=True, text=True, cwd=ROOT, env=full_env, timeout=120)
+
+
+def assert_clean_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.startswith("latentbridge: error: ")
+    assert len(proc.stderr.strip().splitlines()) == 1
+    for fragment in fragments:
+        assert fragment in proc.stderr
+
+
+def test_codecs_list_shows_plugins_with_providers():
+    proc = run("codecs", "list", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["name"]: r for r in json.loads(proc.stdout)}
+    assert rows["vector"]["provider"] == "latentbridge-toy 0.1.0" and rows["vector"]["modality"] == "vector"
+    assert rows["identity"]["tokens"] == "variable" and rows["label"]["tokens"] == 1
+    table = run("codecs", "list").stdout
+    assert "provider" in table.splitlines()[0] and "latentbridge-toy 0.1.0" in table
+
+
+def test_autoload_off_hides_entry_point_plugins():
+    proc = run("codecs", "list", "--json", env={"LATENTBRIDGE_DISABLE_PLUGIN_AUTOLOAD": "1"})
+    assert [r["name"] for r in json.loads(proc.stdout)] == ["identity"]
+
+
+def test_codecs_check_prints_a_pass_table():
+    proc = run("codecs", "check", "label", "--num_classes=3")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "save_load_round_trip" in proc.stdout and "11 passed, 0 failed" in proc.stdout
+
+
+def test_codecs_show_documents_options():
+    proc = run("codecs", "show", "vector")
+    assert proc.returncode == 0 and "# Dimension n of the points." in proc.stdout and "input_dim: 2" in proc.stdout
+
+
+def test_config_show_resolves_codec_configs():
+    proc = run("config", "show", "configs/toy.yaml", "--seed=7", "--codecs.point.config.latent_dim=3")
+    assert proc.returncode == 0, proc.stderr
+    assert "seed: 7" in proc.stdout and "latent_dim: 3" in proc.stdout and "init_logvar: -4.0" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (("codecs", "check", "vectr"), ("unknown codec 'vectr'", "Did you mean 'vector'?", "Installed codecs: identity, label, vector")),
+        (("config", "show", "configs/missing.yaml"), ("config file not found: configs/missing.yaml", "toy.yaml")),
+        (("config", "show", "configs/toy.yaml", "--sead=1"), ("unknown config key 'sead'", "Did you mean 'seed'?")),
+        (("config", "show", "configs/toy.yaml", "--seed=one"), ("seed: expected int, got str 'one'",)),
+        (("config", "show", "configs/toy.yaml", "--codecs.label.codec=lable"), ("codecs.label.codec: unknown codec 'lable'", "Did you mean 'label'?")),
+        (("config", "show", "configs/toy.yaml", "--codecs.label.config.num_clases=3"), ("codecs.label.config.num_clases", "Did you mean 'num_classes'?")),
+        (("config", "show", "configs/toy.yaml", "stray"), ("unexpected argument 'stray'", "--dotted.key=value")),
+        (("codecs", "check", "label", "--num_classes=many"), ("num_classes: expected int",)),
+    ],
+)
+def test_bad_input_gives_one_line_naming_the_fix(args, fragments):
+    assert_clean_error(run(*args), *fragments)
+
+
+def test_help_on_each_command_and_module_entry():
+    for args in (("--help",), ("codecs", "--help"), ("codecs", "list", "--help"), ("codecs", "check", "--help"),
+                 ("codecs", "show", "--help"), ("config", "show", "--help")):
+        proc = run(*args)
+        assert proc.returncode == 0 and "usage: latentbridge" in proc.stdout, args
+    proc = subprocess.run([sys.executable, "-m", "latentbridge", "--version"], capture_output=True, text=True)
+    assert proc.stdout.strip() == "latentbridge 0.1.0"
+
+
+def test_in_process_main_returns_exit_codes(capsys):
+    from latentbridge.cli import main
+
+    assert main(["config", "show", "configs/nope.yaml"]) == 2
+    assert "config file not found" in capsys.readouterr().err
