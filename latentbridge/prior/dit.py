@@ -1,0 +1,167 @@
+"""The block-causal Diffusion Transformer prior over packed multimodal latent sequences.
+
+It maps noisy/clean latent tokens of several codec streams, each token with its own flow time, to a
+velocity per token. It knows codec streams only as integer ids with a latent width; it knows neither
+codecs nor how its output is integrated (ARCHITECTURE.md §2).
+
+Dimensions:
+    B  rows        L  tokens (new)      Dmax widest codec latent (tokens are zero-padded to it)
+    C  codecs      W  model width       H heads
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from latentbridge.prior.cache import KVCache
+from latentbridge.prior.layers import DiTBlock, FinalLayer, RotaryEmbedding, TimestepEmbedder
+from latentbridge.prior.masks import TokenMeta, block_causal_mask, visible
+
+
+@dataclasses.dataclass
+class PriorConfig:
+    """Architecture of the block-causal DiT."""
+
+    codec_dims: tuple[int, ...] = (16,)
+    """Latent width of each codec stream, in codec-id order."""
+    width: int = 256
+    """Model width W."""
+    depth: int = 6
+    """Number of DiT blocks."""
+    heads: int = 8
+    """Attention heads (W must be divisible by it)."""
+    mlp_ratio: float = 4.0
+    """MLP hidden width as a multiple of W."""
+    rope_fraction: float = 0.75
+    """Share of each head's channels that get rotary position embedding (Cola DLM: most of them)."""
+    rope_base: float = 10_000.0
+    """RoPE base period."""
+    attention: Literal["sdpa", "flex"] = "sdpa"
+    """Attention kernel: SDPA with a boolean mask, or FlexAttention with a block mask (CUDA only)."""
+
+
+PRESETS: dict[str, dict[str, int]] = {
+    "tiny": {"width": 64, "depth": 2, "heads": 4},  # tests
+    "small": {"width": 256, "depth": 6, "heads": 8},  # CPU runs
+    "base": {"width": 768, "depth": 12, "heads": 12},  # one GPU
+    "large": {"width": 1024, "depth": 24, "heads": 16},  # GPUs
+}
+
+
+def prior_config(preset: str, codec_dims: tuple[int, ...], **overrides) -> PriorConfig:
+    """A PriorConfig from a preset name, the codec widths and any field overrides."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown prior preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    fields = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    return PriorConfig(codec_dims=tuple(codec_dims), **fields)
+
+
+class BlockCausalDiT(nn.Module):
+    """Velocity network v(z_t, t) over a packed sequence of codec latents."""
+
+    def __init__(self, config: PriorConfig) -> None:
+        super().__init__()
+        self.config = config
+        w, dims = config.width, config.codec_dims
+        self.dmax = max(dims)
+        self.in_proj = nn.ModuleList(nn.Linear(d, w) for d in dims)
+        self.codec_embed = nn.Embedding(len(dims), w)
+        self.t_embed = TimestepEmbedder(w)
+        self.rope = RotaryEmbedding(w // config.heads, config.rope_fraction, config.rope_base)
+        self.blocks = nn.ModuleList(DiTBlock(w, config.heads, config.mlp_ratio) for _ in range(config.depth))
+        self.final = FinalLayer(w)
+        self.out_proj = nn.ModuleList(nn.Linear(w, d) for d in dims)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Linear) and module.weight.requires_grad:
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        nn.init.normal_(self.codec_embed.weight, std=0.02)
+        for mlp in (self.t_embed.mlp[0], self.t_embed.mlp[2]):
+            nn.init.normal_(mlp.weight, std=0.02)
+        for block in self.blocks:  # adaLN-Zero (re-zero after the xavier pass above)
+            nn.init.zeros_(block.ada[1].weight)
+            nn.init.zeros_(block.ada[1].bias)
+        nn.init.zeros_(self.final.ada[1].weight)
+        nn.init.zeros_(self.final.ada[1].bias)
+        for proj in self.out_proj:  # zero output: training starts from v = 0
+            nn.init.zeros_(proj.weight)
+            nn.init.zeros_(proj.bias)
+
+    def new_cache(self) -> KVCache:
+        return KVCache(len(self.blocks))
+
+    # ---- codec streams in and out ------------------------------------------------------------------
+
+    def embed(self, x: Tensor, codec: Tensor) -> Tensor:
+        """[B, L, Dmax] latents -> [B, L, W] through each token's own codec projection + codec embedding."""
+        h = self.codec_embed(codec)  # [B, L, W]
+        for c, (proj, d) in enumerate(zip(self.in_proj, self.config.codec_dims)):
+            h = h + torch.where((codec == c)[..., None], proj(x[..., :d]), 0.0)
+        return h
+
+    def project(self, h: Tensor, codec: Tensor) -> Tensor:
+        """[B, L, W] -> [B, L, Dmax] velocities through each token's codec output projection (zero-padded)."""
+        out = None
+        for c, (proj, d) in enumerate(zip(self.out_proj, self.config.codec_dims)):
+            v = nn.functional.pad(proj(h), (0, self.dmax - d))  # [B, L, Dmax]
+            v = torch.where((codec == c)[..., None], v, 0.0)
+            out = v if out is None else out + v
+        return out
+
+    # ---- attention mask ---------------------------------------------------------------------------------
+
+    def attention_mask(self, q: TokenMeta, k: TokenMeta) -> object:
+        """SDPA boolean mask [B, 1, Lq, Lk], or a FlexAttention BlockMask on CUDA."""
+        if self.config.attention == "flex" and q.sample.is_cuda:
+            return _flex_block_mask(q, k)
+        return block_causal_mask(q, k)[:, None]
+
+    # ---- forward ---------------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        x: Tensor,
+        t: Tensor,
+        codec: Tensor,
+        meta: TokenMeta,
+        cache: KVCache | None = None,
+        commit: bool = False,
+    ) -> Tensor:
+        """Velocities [B, L, Dmax] of tokens x [B, L, Dmax] at times t [B, L].
+
+        With a cache, the tokens also attend to the cached ones; `commit` appends these tokens (which
+        must be clean) to the cache.
+        """
+        keys = meta if cache is None or cache.meta is None else TokenMeta.cat([cache.meta, meta])
+        mask = self.attention_mask(meta, keys)
+        h = self.embed(x, codec)  # [B, L, W]
+        c = self.t_embed(t)  # [B, L, W]
+        cos_sin = self.rope.angles(meta.position)
+        for i, block in enumerate(self.blocks):
+            h = block(h, c, self.rope, cos_sin, mask, cache, i, commit and cache is not None)
+        if commit and cache is not None:
+            cache.append_meta(meta)
+        return self.project(self.final(h, c), codec)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def _flex_block_mask(q: TokenMeta, k: TokenMeta):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    lq, lk = q.sample.shape[1], k.sample.shape[1]
+    offset = lk - lq
+
+    def mask_mod(b, h, qi, ki):
+        keep = visible(q.sample[b, qi], q.block[b, qi], q.noisy[b, qi], k.sample[b, ki], k.block[b, ki], k.noisy[b, ki])
+        return keep | ((q.sample[b, qi] < 0) & (ki == qi + offset))
+
+    return create_block_mask(mask_mod, q.sample.shape[0], None, lq, lk, device=q.sample.device)
