@@ -1,0 +1,252 @@
+"""Sequences, the attention rule, the DiT, causality, and cached vs uncached generation."""
+
+from __future__ import annotations
+
+import ast
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from latentbridge.flow import LogitNormal, Uniform
+from latentbridge.pipeline import generate_latents
+from latentbridge.prior import BlockCausalDiT, TokenMeta, block_causal_mask, prior_config
+from latentbridge.sequence import Segment, SequenceLayout, Stream, block_groups, drop_conditions, pack, unpack
+from latentbridge.train.objective import prior_loss, sample_block_times
+
+LAYOUT = SequenceLayout({"text": Stream(dim=4, block_size=3), "image": Stream(dim=6, block_size=4), "label": Stream(dim=2, block_size=1)})
+
+
+def random_examples(rng: random.Random, n: int, dtype=torch.float32) -> list[list[Segment]]:
+    examples = []
+    for _ in range(n):
+        segments = []
+        for _ in range(rng.randint(1, 3)):
+            name = rng.choice(LAYOUT.names)
+            segments.append(Segment(name, torch.randn(rng.randint(1, 7), LAYOUT.dims[LAYOUT.ids[name]], dtype=dtype),
+                                    rng.choice(["cond", "target"])))
+        examples.append(segments)
+    return examples
+
+
+def brute_force_mask(meta: TokenMeta, row: int) -> torch.Tensor:
+    """The attention rule written out token pair by token pair, straight from ARCHITECTURE.md §4."""
+    sample, block, noisy = meta.sample[row].tolist(), meta.block[row].tolist(), meta.noisy[row].tolist()
+    n = len(sample)
+    out = torch.zeros(n, n, dtype=torch.bool)
+    for q in range(n):
+        for k in range(n):
+            if sample[q] < 0:
+                out[q, k] = q == k  # padding sees itself only
+            elif sample[q] != sample[k]:
+                out[q, k] = False
+            elif not noisy[q]:
+                out[q, k] = (not noisy[k]) and block[k] <= block[q]
+            else:
+                out[q, k] = (not noisy[k] and block[k] < block[q]) or (noisy[k] and block[k] == block[q])
+    return out
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_mask_equals_brute_force_on_random_layouts(seed):
+    rng = random.Random(seed)
+    packed = pack(random_examples(rng, rng.randint(1, 6)), LAYOUT, row_length=rng.choice([None, 60]) if seed % 2 else 60)
+    mask = block_causal_mask(packed.meta, packed.meta)
+    for row in range(mask.shape[0]):
+        assert torch.equal(mask[row], brute_force_mask(packed.meta, row))
+
+
+def test_pack_layout_blocks_positions_and_copies():
+    a = torch.randn(5, 4)
+    ex = [Segment("label", torch.randn(1, 2), "cond"), Segment("text", a, "target")]
+    p = pack([ex], LAYOUT)
+    m = p.meta
+    # cond label: 1 token, block 0; text: 5 tokens -> blocks 1,1,1,2,2; then the noisy copy of the text
+    assert m.block[0].tolist() == [0, 1, 1, 1, 2, 2, 1, 1, 1, 2, 2]
+    assert m.noisy[0].tolist() == [False] * 6 + [True] * 5
+    assert m.position[0].tolist() == [0, 1, 2, 3, 4, 5, 1, 2, 3, 4, 5]  # the noisy copy shares positions
+    assert p.cond[0].tolist() == [True] + [False] * 10
+    assert p.loss_mask[0].tolist() == [False] * 6 + [True] * 5
+    assert torch.equal(p.values[0, 1:6, :4], a) and torch.equal(p.values[0, 6:, :4], a)
+    assert p.channel_mask[0, 0].tolist() == [True, True, False, False, False, False]
+
+
+def test_row_packing_without_padding_and_unpack_round_trip():
+    rng = random.Random(0)
+    examples = random_examples(rng, 12)
+    p = pack(examples, LAYOUT, row_length=64)
+    assert p.values.shape[0] < len(examples)  # several examples share a row
+    for row in range(p.values.shape[0]):
+        ids = p.meta.sample[row][p.meta.sample[row] >= 0]
+        assert torch.all(ids[1:] >= ids[:-1])  # each sample contiguous, no padding between samples
+    clean = unpack(p, p.values, LAYOUT, noisy=False)
+    noisy = unpack(p, p.values, LAYOUT, noisy=True)
+    for i, ex in enumerate(examples):
+        for s, seg in enumerate(ex):
+            assert torch.equal(clean[i][s], seg.latents)
+            if seg.role == "target":
+                assert torch.equal(noisy[i][s], seg.latents)
+            else:
+                assert s not in noisy[i]
+
+
+def test_one_time_per_block_from_each_codec_sampler():
+    rng = random.Random(1)
+    examples = random_examples(rng, 6)
+    p = pack(examples, LAYOUT, row_length=80)
+    group, group_codec = block_groups(p)
+    t = sample_block_times(p, LAYOUT, {"text": Uniform(), "image": LogitNormal(2.0, 0.1), "label": Uniform()},
+                           torch.Generator().manual_seed(0))
+    noisy = p.meta.noisy & (p.meta.sample >= 0)
+    assert torch.all(t[~noisy] == 0) and torch.all(t[noisy] > 0)
+    for g in range(group_codec.shape[0]):
+        assert t[group == g].unique().numel() == 1
+    image = noisy & (p.codec == LAYOUT.ids["image"])
+    if image.any():
+        assert float(t[image].min()) > 0.75  # sigmoid(2 - 4 * 0.1 * ...) stays high
+
+
+def test_drop_conditions():
+    ex = [Segment("label", torch.zeros(1, 2), "cond"), Segment("text", torch.zeros(2, 4))]
+    kept = drop_conditions([ex] * 200, 0.25, torch.Generator().manual_seed(0))
+    dropped = sum(len(e) == 1 for e in kept)
+    assert 30 < dropped < 70 and all(e[-1].role == "target" for e in kept)
+
+
+# --------------------------------------------------------------------------------------------------
+# The network
+# --------------------------------------------------------------------------------------------------
+
+
+def make_prior(dtype=torch.float32, seed=0) -> BlockCausalDiT:
+    torch.manual_seed(seed)
+    prior = BlockCausalDiT(prior_config("tiny", LAYOUT.dims)).to(dtype)
+    with torch.no_grad():  # leave zero-init so outputs depend on every path
+        for p in prior.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return prior.eval()
+
+
+def test_zero_initialised_output():
+    prior = BlockCausalDiT(prior_config("tiny", LAYOUT.dims))
+    p = pack(random_examples(random.Random(0), 3), LAYOUT)
+    assert torch.equal(prior(p.values, p.t, p.codec, p.meta), torch.zeros_like(p.values))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_causality_later_blocks_and_noisy_tokens_do_not_leak(seed):
+    rng = random.Random(seed)
+    prior = make_prior(torch.float64)
+    examples = random_examples(rng, 3, torch.float64)
+    p = pack(examples, LAYOUT, row_length=80)
+    t = torch.rand(p.t.shape, dtype=torch.float64) * p.meta.noisy
+    base = prior(p.values, t, p.codec, p.meta)
+    k = 1
+    later = (p.meta.block >= k)[..., None]
+    out = prior(p.values + later * torch.randn_like(p.values), t, p.codec, p.meta)
+    earlier = (p.meta.block < k) & (p.meta.sample >= 0)
+    assert torch.allclose(out[earlier], base[earlier], atol=1e-12, rtol=0)  # blocks < k unchanged
+    noisy = p.meta.noisy[..., None]
+    out = prior(p.values + noisy * torch.randn_like(p.values), t, p.codec, p.meta)
+    clean = ~p.meta.noisy & (p.meta.sample >= 0)
+    assert torch.allclose(out[clean], base[clean], atol=1e-12, rtol=0)  # clean tokens never see noisy ones
+    first = p.meta.sample == 0
+    other = torch.where((p.meta.sample > 0)[..., None], torch.randn_like(p.values), 0.0)
+    out = prior(p.values + other, t, p.codec, p.meta)
+    assert torch.allclose(out[first], base[first], atol=1e-12, rtol=0)  # nothing crosses samples
+
+
+def test_prior_loss_trains_down():
+    torch.manual_seed(0)
+    prior = BlockCausalDiT(prior_config("tiny", LAYOUT.dims))
+    examples = random_examples(random.Random(3), 8)
+    samplers = {n: Uniform() for n in LAYOUT.names}
+    opt = torch.optim.AdamW(prior.parameters(), lr=3e-3)
+    losses = []
+    for step in range(60):
+        out = prior_loss(prior, LAYOUT, examples, samplers, row_length=96, generator=torch.Generator().manual_seed(step % 4))
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(out["loss"].item())
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
+    assert {"loss/text", "loss/image", "loss/label"} <= set(out)
+
+
+# --------------------------------------------------------------------------------------------------
+# Generation
+# --------------------------------------------------------------------------------------------------
+
+
+def mixed_prompts(dtype):
+    g = torch.Generator().manual_seed(5)
+    r = lambda n, d: torch.randn(n, d, generator=g, dtype=dtype)  # noqa: E731
+    return [
+        [Segment("label", r(1, 2), "cond"), Segment("image", r(4, 6), "cond")],
+        [Segment("image", r(4, 6), "cond"), Segment("text", r(4, 4), "target")],  # continues text mid-block
+        [Segment("text", r(2, 4), "target")],  # given prefix inside the first block
+    ]
+
+
+@pytest.mark.parametrize("guidance", [1.0, 3.0, [2.0, 0.5]])
+@pytest.mark.parametrize("solver", ["euler", "heun"])
+def test_cached_generation_equals_uncached(guidance, solver):
+    prior = make_prior(torch.float32)
+    kwargs = dict(target="text", num_tokens=8, steps=3, solver=solver, guidance=guidance)
+    a = generate_latents(prior, LAYOUT, mixed_prompts(torch.float32), use_cache=True, generator=torch.Generator().manual_seed(0), **kwargs)
+    b = generate_latents(prior, LAYOUT, mixed_prompts(torch.float32), use_cache=False, generator=torch.Generator().manual_seed(0), **kwargs)
+    assert [x.shape for x in a] == [(8, 4)] * 3
+    assert max(float((x - y).abs().max()) for x, y in zip(a, b)) <= 1e-5
+
+
+def test_generation_is_deterministic_and_repaint_keeps_prefix_context():
+    prior = make_prior(torch.float64)
+    prompts = mixed_prompts(torch.float64)
+    a = generate_latents(prior, LAYOUT, prompts, "text", 5, steps=2, generator=torch.Generator().manual_seed(1))
+    b = generate_latents(prior, LAYOUT, prompts, "text", 5, steps=2, generator=torch.Generator().manual_seed(1))
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    # The given prefix conditions the output: change it and the continuation changes.
+    changed = [list(p) for p in prompts]
+    changed[2] = [Segment("text", prompts[2][0].latents + 1.0, "target")]
+    c = generate_latents(prior, LAYOUT, changed, "text", 5, steps=2, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a[0], c[0]) and not torch.allclose(a[2], c[2])
+
+
+def test_stop_rule_ends_samples_early():
+    prior = make_prior()
+    prompts = [[Segment("label", torch.zeros(1, 2), "cond")]] * 2
+    calls = []
+
+    def stop(block):
+        calls.append(block.shape)
+        return torch.tensor([True, len(calls) >= 2])
+
+    out = generate_latents(prior, LAYOUT, prompts, "text", 30, steps=1, stop=stop)
+    assert [o.shape[0] for o in out] == [3, 6]
+
+
+def test_import_rules_prior_and_flow_stay_apart():
+    root = Path(__file__).parents[1] / "latentbridge"
+    forbidden = {"prior": ("latentbridge.flow", "latentbridge.codecs", "latentbridge.train", "latentbridge.pipeline", "latentbridge.sequence"),
+                 "flow": ("latentbridge.prior", "latentbridge.codecs", "latentbridge.train", "latentbridge.pipeline", "latentbridge.sequence")}
+    for package, banned in forbidden.items():
+        for path in (root / package).glob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+                for name in names:
+                    assert not name.startswith(banned), f"{path} imports {name}"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention is used on CUDA only")
+def test_flex_attention_matches_sdpa_on_gpu():
+    rng = random.Random(0)
+    p = pack(random_examples(rng, 6), LAYOUT, row_length=128)
+    prior = make_prior().cuda()
+    args = (p.values.cuda(), (torch.rand(p.t.shape) * p.meta.noisy).cuda(), p.codec.cuda(),
+            TokenMeta(*(x.cuda() for x in (p.meta.sample, p.meta.block, p.meta.noisy, p.meta.position))))
+    ref = prior(*args)
+    prior.config.attention = "flex"
+    out = prior(*args)
+    valid = args[3].sample >= 0
+    assert torch.allclose(out[valid], ref[valid], atol=1e-4)
