@@ -30,12 +30,14 @@ $(STAMP): pyproject.toml $(PLUGINS)
 	$(PIP) install -q -e '.[test]' $(addprefix -e ,$(dir $(PLUGINS)))
 	@touch $@
 
-# The main job (until the joint multimodal demo lands): discover the installed codec plugins,
-# run the conformance kit on every one of them, and resolve the toy experiment config.
+# The main job (until the joint multimodal demo lands): discover the installed codec plugins, run
+# the conformance kit on each, then the two toy cross-modal experiments (label -> point, point -> label):
+# codec stage, prior stage, guided block-by-block generation, scores against the known density.
 demo: setup
 	$(RUN) latentbridge codecs list
 	$(RUN) latentbridge codecs check --all
-	$(RUN) latentbridge config show configs/toy.yaml --docs
+	$(RUN) latentbridge toy configs/toy_label_to_vector.yaml --run-dir runs/toy-label-to-vector
+	$(RUN) latentbridge toy configs/toy_vector_to_label.yaml --run-dir runs/toy-vector-to-label
 
 test: setup
 	$(RUN) $(BIN)/python -m pytest -q

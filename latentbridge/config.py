@@ -33,6 +33,18 @@ T = TypeVar("T")
 
 
 @dataclasses.dataclass
+class TimeSamplerConfig:
+    """How training draws the flow time t of a codec's blocks (one t per block)."""
+
+    kind: Literal["logit_normal", "uniform"] = "logit_normal"
+    """`logit_normal`: t = sigmoid(loc + scale * N(0, 1)); `uniform`: t ~ U(0, 1)."""
+    loc: float | None = None
+    """Logit-normal location; null picks it from the latent width (Cola DLM: ~1.0 at 16, ~2.3 at 128)."""
+    scale: float = 1.0
+    """Logit-normal scale."""
+
+
+@dataclasses.dataclass
 class CodecSlot:
     """One codec used by an experiment, under a role name such as `text` or `image`."""
 
@@ -42,11 +54,117 @@ class CodecSlot:
     """Fields of the codec's own config dataclass to change from their defaults."""
     pretrained: str | None = None
     """Directory written by the codec's save_pretrained to load config and weights from."""
+    time_sampler: TimeSamplerConfig = dataclasses.field(default_factory=TimeSamplerConfig)
+    """Flow-time sampler of this role's blocks during prior training."""
+    latents: Literal["mean", "sample"] = "sample"
+    """Feed the prior the posterior mean or a posterior sample during training."""
+
+
+@dataclasses.dataclass
+class PriorSection:
+    """The block-causal DiT: a preset plus optional overrides."""
+
+    preset: Literal["tiny", "small", "base", "large"] = "small"
+    """Size preset: tiny (tests), small (CPU), base/large (GPU)."""
+    width: int | None = None
+    """Model width; null keeps the preset's."""
+    depth: int | None = None
+    """Number of DiT blocks; null keeps the preset's."""
+    heads: int | None = None
+    """Attention heads; null keeps the preset's."""
+    mlp_ratio: float | None = None
+    """MLP width multiple; null keeps 4."""
+    attention: Literal["sdpa", "flex"] = "sdpa"
+    """Attention kernel; `flex` applies on CUDA only."""
+
+
+@dataclasses.dataclass
+class TaskConfig:
+    """Which roles are given (clean context) and which role the prior generates."""
+
+    cond: list[str] = dataclasses.field(default_factory=list)
+    """Roles given as clean `cond` segments, in sequence order."""
+    target: str = ""
+    """Role generated as the `target` segment."""
+
+
+@dataclasses.dataclass
+class SamplingConfig:
+    """How generation integrates each block."""
+
+    steps: int = 16
+    """ODE steps per block (Cola DLM: 8-10 already saturate)."""
+    solver: Literal["euler", "heun", "midpoint"] = "euler"
+    """Fixed-grid ODE solver."""
+    shift: float = 1.0
+    """Time shift of the grid (> 1 spends more steps near noise)."""
+    guidance: list[float] = dataclasses.field(default_factory=lambda: [1.0])
+    """Classifier-free guidance: one scale for all conditions, or one per cond segment."""
+    guidance_interval: tuple[float, float] | None = None
+    """Apply guidance only for t in [lo, hi]; null applies it everywhere."""
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Optimisation of the toy experiment's codec and prior stages."""
+
+    steps: int = 2000
+    """Prior training steps."""
+    batch_size: int = 256
+    """Examples per step."""
+    row_length: int | None = 256
+    """Tokens per packed row (several examples share a row); null packs one example per row."""
+    lr: float = 1e-3
+    """Peak AdamW learning rate."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW betas (Cola DLM: 0.9, 0.95)."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    warmup_steps: int = 100
+    """Linear warm-up steps before cosine decay to zero."""
+    grad_clip: float = 1.0
+    """Gradient norm clip."""
+    cond_dropout: float = 0.1
+    """Probability of dropping the cond segments of an example (trains the unconditional pass for guidance)."""
+    codec_steps: int = 300
+    """Steps of the codec stage (each trainable codec on its own loss) before the prior stage."""
+    codec_lr: float = 1e-2
+    """Learning rate of the codec stage."""
+    mixed_precision: Literal["no", "bf16"] = "no"
+    """bf16 autocast for the prior."""
+    log_every: int = 50
+    """Steps between metrics.jsonl lines."""
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """The toy data: Gaussians on a ring, one class each (latentbridge.data.GaussianRing)."""
+
+    name: Literal["gaussian_ring"] = "gaussian_ring"
+    """Dataset name."""
+    num_classes: int = 8
+    """Number of classes K."""
+    radius: float = 2.0
+    """Radius of the ring."""
+    tangential_std: float = 0.5
+    """Spread along the ring (controls the overlap of neighbouring classes)."""
+    radial_std: float = 0.15
+    """Spread across the ring."""
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    """Evaluation after training."""
+
+    samples: int = 2000
+    """Generated samples scored (per guidance scale)."""
+    guidance_scales: list[float] = dataclasses.field(default_factory=lambda: [1.0, 2.0, 4.0])
+    """Guidance scales swept to show what guidance does to the conditional score."""
 
 
 @dataclasses.dataclass
 class ExperimentConfig:
-    """A whole experiment: which codecs, and (as later stages land) the prior and its training."""
+    """A whole experiment: codecs, the task, the prior, its training, sampling and evaluation."""
 
     name: str
     """Experiment name, written into every run directory and checkpoint."""
@@ -54,6 +172,24 @@ class ExperimentConfig:
     """Seed of every random generator of the run."""
     codecs: dict[str, CodecSlot] = dataclasses.field(default_factory=dict)
     """Codecs by role name (e.g. `text`, `image`); each role is one segment type of the prior."""
+    task: TaskConfig = dataclasses.field(default_factory=TaskConfig)
+    """Which roles condition and which is generated."""
+    prior: PriorSection = dataclasses.field(default_factory=PriorSection)
+    """The block-causal DiT."""
+    sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
+    """Generation settings."""
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    """Training settings."""
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    """Data settings."""
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    """Evaluation settings."""
+
+    def __post_init__(self) -> None:
+        roles = set(self.codecs)
+        for role in [*self.task.cond, self.task.target]:
+            if role and role not in roles:
+                raise ValueError(f"task names role {role!r}, which is not under codecs (roles: {', '.join(sorted(roles)) or 'none'})")
 
 
 # --------------------------------------------------------------------------------------------------

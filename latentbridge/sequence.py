@@ -99,11 +99,16 @@ class PackedBatch:
         return self.meta.noisy & ~self.cond & self.valid
 
 
-def _example_tokens(example: Example, layout: SequenceLayout, two_copies: bool) -> dict[str, list]:
-    """Per-token lists for one example: clean copy of every segment, then the noisy copy of targets."""
-    parts: dict[str, list] = {k: [] for k in ("values", "codec", "block", "noisy", "position", "cond", "segment")}
+def _example_tokens(example: Example, layout: SequenceLayout, two_copies: bool) -> tuple[list[tuple], list[Tensor]]:
+    """Token table of one example: the clean copy of every segment, then the noisy copy of the targets.
+
+    Returns per-token tuples (codec id, block, noisy, position, cond, segment) and the latents in order.
+    """
+    rows: list[tuple] = []
+    latents: list[Tensor] = []
+    noisy_rows: list[tuple] = []
+    noisy_latents: list[Tensor] = []
     block, position = 0, 0
-    noisy_parts = []
     for s, seg in enumerate(example):
         stream = layout.stream(seg.codec)
         lat = seg.latents
@@ -111,29 +116,16 @@ def _example_tokens(example: Example, layout: SequenceLayout, two_copies: bool) 
             raise ValueError(f"segment {s} ({seg.codec}): latents must be [n >= 1, {stream.dim}], got {tuple(lat.shape)}")
         if seg.role not in ("cond", "target"):
             raise ValueError(f"segment {s}: role must be 'cond' or 'target', got {seg.role!r}")
-        n = lat.shape[0]
-        blocks = block + torch.arange(n) // stream.block_size
-        positions = position + torch.arange(n)
-        copy = (lat, layout.ids[seg.codec], blocks, positions, seg.role == "cond", s)
-        _append(parts, *copy, noisy=False)
-        if two_copies and seg.role == "target":
-            noisy_parts.append(copy)
+        n, cid, is_cond = lat.shape[0], layout.ids[seg.codec], seg.role == "cond"
+        tokens = [(cid, block + j // stream.block_size, position + j, is_cond, s) for j in range(n)]
+        rows += [(c, b, False, p, k, g) for c, b, p, k, g in tokens]
+        latents.append(lat)
+        if two_copies and not is_cond:
+            noisy_rows += [(c, b, True, p, k, g) for c, b, p, k, g in tokens]
+            noisy_latents.append(lat)
         block += -(-n // stream.block_size)
         position += n
-    for copy in noisy_parts:
-        _append(parts, *copy, noisy=True)
-    return parts
-
-
-def _append(parts: dict[str, list], lat, codec_id, blocks, positions, is_cond, s, *, noisy: bool) -> None:
-    n = lat.shape[0]
-    parts["values"].append(lat)
-    parts["codec"].append(torch.full((n,), codec_id))
-    parts["block"].append(blocks)
-    parts["noisy"].append(torch.full((n,), noisy))
-    parts["position"].append(positions)
-    parts["cond"].append(torch.full((n,), is_cond))
-    parts["segment"].append(torch.full((n,), s))
+    return rows + noisy_rows, latents + noisy_latents
 
 
 def pack(
@@ -151,63 +143,56 @@ def pack(
     """
     if not examples:
         raise ValueError("pack needs at least one example")
-    per_example = [_example_tokens(ex, layout, two_copies) for ex in examples]
-    lengths = [sum(len(p) for p in ex["codec"]) for ex in per_example]
-    rows: list[list[int]] = []
+    tables = [_example_tokens(ex, layout, two_copies) for ex in examples]
+    lengths = [len(rows) for rows, _ in tables]
+    # where each example starts: (row, column)
+    starts: list[tuple[int, int]] = []
     if row_length is None:
-        rows = [[i] for i in range(len(examples))]
+        starts = [(i, 0) for i in range(len(examples))]
         width = max(lengths)
     else:
-        width = row_length
-        used = row_length
+        width, row, used = row_length, -1, row_length
         for i, n in enumerate(lengths):
             if n > row_length:
                 raise ValueError(f"example {i} has {n} tokens, more than row_length={row_length}; raise row_length")
             if used + n > row_length:
-                rows.append([])
-                used = 0
-            rows[-1].append(i)
+                row, used = row + 1, 0
+            starts.append((row, used))
             used += n
-    device = examples[0][0].latents.device
-    dtype = examples[0][0].latents.dtype
-    b = len(rows)
+    b = starts[-1][0] + 1
+    flat_rows, flat_cols, sample_ids, fields = [], [], [], []
+    for i, ((rows, _), (r, c)) in enumerate(zip(tables, starts)):
+        n = len(rows)
+        flat_rows += [r] * n
+        flat_cols += range(c, c + n)
+        sample_ids += [i] * n
+        fields += rows
+    r_idx, c_idx = torch.tensor(flat_rows), torch.tensor(flat_cols)
+    cols = torch.tensor(fields, dtype=torch.long).T  # [6, M]: codec, block, noisy, position, cond, segment
+
+    def scatter(values: Tensor, fill, dtype) -> Tensor:
+        out = torch.full((b, width), fill, dtype=dtype)
+        out[r_idx, c_idx] = values.to(dtype)
+        return out
+
+    codec = scatter(cols[0], 0, torch.long)
+    sample = scatter(torch.tensor(sample_ids), -1, torch.long)
+    first = examples[0][0].latents
+    device, dtype = first.device, first.dtype
     values = torch.zeros(b, width, layout.dmax, dtype=dtype, device=device)
-    codec = torch.zeros(b, width, dtype=torch.long)
-    sample = torch.full((b, width), -1, dtype=torch.long)
-    block = torch.zeros(b, width, dtype=torch.long)
-    noisy = torch.zeros(b, width, dtype=torch.bool)
-    position = torch.zeros(b, width, dtype=torch.long)
-    cond = torch.zeros(b, width, dtype=torch.bool)
-    segment = torch.full((b, width), -1, dtype=torch.long)
-    for r, members in enumerate(rows):
-        start = 0
-        for i in members:
-            ex = per_example[i]
-            n = lengths[i]
-            sl = slice(start, start + n)
-            col = start
-            for lat in ex["values"]:
-                values[r, col : col + lat.shape[0], : lat.shape[1]] = lat
-                col += lat.shape[0]
-            codec[r, sl] = torch.cat(ex["codec"])
-            sample[r, sl] = i
-            block[r, sl] = torch.cat(ex["block"])
-            noisy[r, sl] = torch.cat(ex["noisy"])
-            position[r, sl] = torch.cat(ex["position"])
-            cond[r, sl] = torch.cat(ex["cond"])
-            segment[r, sl] = torch.cat(ex["segment"])
-            start += n
+    latents = torch.cat([torch.nn.functional.pad(lat, (0, layout.dmax - lat.shape[1])) for _, lats in tables for lat in lats])
+    values[r_idx.to(device), c_idx.to(device)] = latents.to(dtype)
     dims = torch.tensor(layout.dims)
     channel_mask = (torch.arange(layout.dmax)[None, None, :] < dims[codec][..., None]) & (sample >= 0)[..., None]
-    to = lambda x: x.to(device)  # noqa: E731
+    meta = TokenMeta(sample, scatter(cols[1], 0, torch.long), scatter(cols[2], False, torch.bool), scatter(cols[3], 0, torch.long))
     return PackedBatch(
         values=values,
-        codec=to(codec),
-        meta=TokenMeta(to(sample), to(block), to(noisy), to(position)),
-        cond=to(cond),
-        segment=to(segment),
+        codec=codec.to(device),
+        meta=TokenMeta(*(x.to(device) for x in (meta.sample, meta.block, meta.noisy, meta.position))),
+        cond=scatter(cols[4], False, torch.bool).to(device),
+        segment=scatter(cols[5], -1, torch.long).to(device),
         t=torch.zeros(b, width, dtype=dtype, device=device),
-        channel_mask=to(channel_mask),
+        channel_mask=channel_mask.to(device),
         num_examples=len(examples),
     )
 

@@ -58,7 +58,7 @@ def test_codecs_show_documents_options():
 
 
 def test_config_show_resolves_codec_configs():
-    proc = run("config", "show", "configs/toy.yaml", "--seed=7", "--codecs.point.config.latent_dim=3")
+    proc = run("config", "show", "configs/toy_label_to_vector.yaml", "--seed=7", "--codecs.point.config.latent_dim=3")
     assert proc.returncode == 0, proc.stderr
     assert "seed: 7" in proc.stdout and "latent_dim: 3" in proc.stdout and "init_logvar: -4.0" in proc.stdout
 
@@ -67,12 +67,12 @@ def test_config_show_resolves_codec_configs():
     "args, fragments",
     [
         (("codecs", "check", "vectr"), ("unknown codec 'vectr'", "Did you mean 'vector'?", "Installed codecs: identity, label, vector")),
-        (("config", "show", "configs/missing.yaml"), ("config file not found: configs/missing.yaml", "toy.yaml")),
-        (("config", "show", "configs/toy.yaml", "--sead=1"), ("unknown config key 'sead'", "Did you mean 'seed'?")),
-        (("config", "show", "configs/toy.yaml", "--seed=one"), ("seed: expected int, got str 'one'",)),
-        (("config", "show", "configs/toy.yaml", "--codecs.label.codec=lable"), ("codecs.label.codec: unknown codec 'lable'", "Did you mean 'label'?")),
-        (("config", "show", "configs/toy.yaml", "--codecs.label.config.num_clases=3"), ("codecs.label.config.num_clases", "Did you mean 'num_classes'?")),
-        (("config", "show", "configs/toy.yaml", "stray"), ("unexpected argument 'stray'", "--dotted.key=value")),
+        (("config", "show", "configs/missing.yaml"), ("config file not found: configs/missing.yaml", "toy_label_to_vector.yaml")),
+        (("config", "show", "configs/toy_label_to_vector.yaml", "--sead=1"), ("unknown config key 'sead'", "Did you mean 'seed'?")),
+        (("config", "show", "configs/toy_label_to_vector.yaml", "--seed=one"), ("seed: expected int, got str 'one'",)),
+        (("config", "show", "configs/toy_label_to_vector.yaml", "--codecs.label.codec=lable"), ("codecs.label.codec: unknown codec 'lable'", "Did you mean 'label'?")),
+        (("config", "show", "configs/toy_label_to_vector.yaml", "--codecs.label.config.num_clases=3"), ("codecs.label.config.num_clases", "Did you mean 'num_classes'?")),
+        (("config", "show", "configs/toy_label_to_vector.yaml", "stray"), ("unexpected argument 'stray'", "--dotted.key=value")),
         (("codecs", "check", "label", "--num_classes=many"), ("num_classes: expected int",)),
     ],
 )

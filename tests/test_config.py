@@ -131,7 +131,10 @@ def test_every_schema_field_has_a_docstring():
     from latentbridge.codecs.identity import IdentityConfig
     from latentbridge.codecs.spec import LatentSpec
 
-    for cls in (C.ExperimentConfig, C.CodecSlot, IdentityConfig, LatentSpec):
+    from latentbridge.prior import PriorConfig
+
+    schema = [v for v in vars(C).values() if dataclasses.is_dataclass(v) and v.__module__ == C.__name__]
+    for cls in (*schema, IdentityConfig, LatentSpec, PriorConfig):
         docs = C.field_docs(cls)
         missing = [f.name for f in dataclasses.fields(cls) if f.name not in docs]
         assert not missing, f"{cls.__name__} fields without a docstring: {missing}"

@@ -1,0 +1,5 @@
+"""Datasets: toy distributions with known densities (and, as they land, text, image and audio data)."""
+
+from latentbridge.data.toy import GaussianRing
+
+__all__ = ["GaussianRing"]

@@ -1,0 +1,1 @@
+"""Runnable experiments that wire codecs, prior, training and evaluation together."""
