@@ -120,13 +120,15 @@ def generate_latents(
     generator: torch.Generator | None = None,
     use_cache: bool = True,
     stop: Callable[[Tensor], Tensor] | None = None,
+    on_block: Callable[[int, Tensor], None] | None = None,
 ) -> list[Tensor]:
     """Generate `num_tokens` latents [n, D] of codec `target` after each prompt (fewer if `stop` ends it).
 
     A prompt is a list of segments (cond context, earlier targets). If its last segment is a target
     of codec `target`, generation continues that item: its full blocks are context, its partial last
     block is generated with the given positions pinned (clean repaint). `stop(block [S, K, D]) ->
-    bool [S]` ends a sample after a block, for codecs whose items end by a marker.
+    bool [S]` ends a sample after a block, for codecs whose items end by a marker. `on_block(i,
+    block [S, K, D])` is called after each committed block (progress bars, timing).
     """
     scales = [float(guidance)] if isinstance(guidance, (int, float)) else [float(s) for s in guidance]
     stream = layout.stream(target)
@@ -160,6 +162,7 @@ def generate_latents(
     outputs: list[list[Tensor]] = [[] for _ in range(s_count)]
     done = torch.zeros(s_count, dtype=torch.bool)
     pad = layout.dmax - dim
+    blocks_done = 0
     while bool((active := ~done & (produced < num_tokens)).any()):
         k = int(torch.clamp(pins + num_tokens - produced, max=bs)[active].max())  # tokens in this block
         pin_mask = (torch.arange(k)[None, :] < pins[:, None]).to(device)  # [S, K]
@@ -168,8 +171,8 @@ def generate_latents(
             n = int(pins[s])
             pin_values[s, :n] = given[s][:n].to(device, dtype)
         meta = TokenMeta(
-            sample=torch.arange(r_count, device=device)[:, None].expand(r_count, k),
-            block=next_block.to(device)[:, None].expand(r_count, k),
+            sample=torch.arange(r_count, device=device)[:, None].repeat(1, k),
+            block=next_block[:, None].repeat(1, k).to(device),
             noisy=torch.ones(r_count, k, dtype=torch.bool, device=device),
             position=(next_pos[:, None] + torch.arange(k)[None, :]).to(device),
         )
@@ -196,6 +199,9 @@ def generate_latents(
                 produced[s] += new.shape[0]
         if stop is not None:
             done |= stop(block).cpu()
+        if on_block is not None:
+            on_block(blocks_done, block)
+        blocks_done += 1
         next_block += 1
         next_pos += k
         pins = torch.zeros_like(pins)

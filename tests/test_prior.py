@@ -200,6 +200,13 @@ def test_cached_generation_equals_uncached(guidance, solver):
     assert max(float((x - y).abs().max()) for x, y in zip(a, b)) <= 1e-5
 
 
+def test_cached_equals_uncached_over_many_blocks_without_a_prompt():
+    prior = make_prior(torch.float64)
+    a = generate_latents(prior, LAYOUT, [[], []], "text", 15, steps=2, use_cache=True, generator=torch.Generator().manual_seed(0))
+    b = generate_latents(prior, LAYOUT, [[], []], "text", 15, steps=2, use_cache=False, generator=torch.Generator().manual_seed(0))
+    assert max(float((x - y).abs().max()) for x, y in zip(a, b)) <= 1e-12
+
+
 def test_generation_is_deterministic_and_repaint_keeps_prefix_context():
     prior = make_prior(torch.float64)
     prompts = mixed_prompts(torch.float64)

@@ -139,15 +139,15 @@ class BlockCausalDiT(nn.Module):
         With a cache, the tokens also attend to the cached ones; `commit` appends these tokens (which
         must be clean) to the cache.
         """
-        keys = meta if cache is None or cache.meta is None else TokenMeta.cat([cache.meta, meta])
+        keys = meta if cache is None else cache.keys_meta(meta)
         mask = self.attention_mask(meta, keys)
         h = self.embed(x, codec)  # [B, L, W]
         c = self.t_embed(t)  # [B, L, W]
         cos_sin = self.rope.angles(meta.position)
         for i, block in enumerate(self.blocks):
-            h = block(h, c, self.rope, cos_sin, mask, cache, i, commit and cache is not None)
+            h = block(h, c, self.rope, cos_sin, mask, cache, i)
         if commit and cache is not None:
-            cache.append_meta(meta)
+            cache.commit(meta)
         return self.project(self.final(h, c), codec)
 
     def num_parameters(self) -> int:

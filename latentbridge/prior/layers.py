@@ -95,7 +95,6 @@ class Attention(nn.Module):
         mask: object,
         cache: KVCache | None = None,
         layer: int = 0,
-        commit: bool = False,
     ) -> Tensor:
         b, n, w = x.shape
         qkv = self.qkv(x).view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # [3, B, H, L, Dh]
@@ -103,11 +102,7 @@ class Attention(nn.Module):
         q, k = self.q_norm(q), self.k_norm(k)
         q, k = rope.apply(q, *cos_sin), rope.apply(k, *cos_sin)
         if cache is not None:
-            past_k, past_v = cache.layer(layer)
-            if commit:
-                cache.append_layer(layer, k, v)
-            if past_k is not None:
-                k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)  # [B, H, Lk, Dh]
+            k, v = cache.extend(layer, k, v)  # [B, H, Lc + L, Dh]
         if isinstance(mask, Tensor):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # mask [B, 1, L, Lk]
         else:  # a FlexAttention BlockMask
@@ -148,9 +143,9 @@ class DiTBlock(nn.Module):
         nn.init.zeros_(self.ada[1].weight)  # adaLN-Zero: each block starts as the identity
         nn.init.zeros_(self.ada[1].bias)
 
-    def forward(self, x: Tensor, c: Tensor, rope, cos_sin, mask, cache=None, layer=0, commit=False) -> Tensor:
+    def forward(self, x: Tensor, c: Tensor, rope, cos_sin, mask, cache=None, layer=0) -> Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c).chunk(6, dim=-1)  # each [B, L, W]
-        h = self.attn(modulate(self.norm1(x), shift1, scale1), rope, cos_sin, mask, cache, layer, commit)
+        h = self.attn(modulate(self.norm1(x), shift1, scale1), rope, cos_sin, mask, cache, layer)
         x = x + gate1 * h
         return x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
 
