@@ -22,7 +22,7 @@ from torch import Tensor
 
 from latentbridge.flow import guided_velocity, integrate
 from latentbridge.prior import BlockCausalDiT, TokenMeta
-from latentbridge.sequence import Example, SequenceLayout, pack
+from latentbridge.sequence import Example, Segment, SequenceLayout, pack
 
 
 class _Context:
@@ -145,7 +145,7 @@ def generate_latents(
             prefix = p.pop().latents
             full = prefix.shape[0] // bs * bs
             if full:
-                p.append(type(prompts[0][0])(target, prefix[:full], "target"))
+                p.append(Segment(target, prefix[:full], "target"))
             given.append(prefix[full:])
         else:
             given.append(torch.zeros(0, dim))
