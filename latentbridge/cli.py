@@ -4,6 +4,8 @@
     latentbridge codecs show NAME             a codec's config fields, defaults and docs
     latentbridge codecs check NAME|--all      conformance checks against installed codecs
     latentbridge config show FILE [--k=v ..]  the resolved experiment config as YAML
+    latentbridge train FILE [--k=v ..]        train the configured stage (--resume, --init-from)
+    latentbridge sample RUN_DIR               sample a trained run and score it
     latentbridge toy FILE [--k=v ..]          toy cross-modal experiment: train, sample, score
 
 Bad input ends with one line naming the problem and the fix (exit code 2), never a traceback;
@@ -125,6 +127,37 @@ def cmd_config_show(args: argparse.Namespace, extra: Sequence[str]) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from pathlib import Path
+
+    from latentbridge.config import load_config
+    from latentbridge.experiments.toy import train
+    from latentbridge.train.checkpoint import latest_checkpoint
+
+    cfg = load_config(args.file, _split_overrides(extra, "train"))
+    run_dir = Path(args.run_dir or Path("runs") / cfg.name)
+    train(cfg, run_dir, resume=args.resume, init_from=args.init_from, progress=not args.no_progress)
+    print(f"trained {cfg.train.stage} stage of '{cfg.name}' for {cfg.train.steps} steps; run directory {run_dir}; "
+          f"latest checkpoint {latest_checkpoint(run_dir / 'checkpoints')}")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from latentbridge.experiments.toy import evaluate_run, format_report, load_run
+
+    cfg, codecs, prior, layout = load_run(args.run_dir)
+    if args.guidance:
+        cfg.eval.guidance_scales = args.guidance
+    if args.samples:
+        cfg.eval.samples = args.samples
+    report = evaluate_run(cfg, Path(args.run_dir), codecs, prior, layout, {})
+    print(format_report(report))
+    print(f"wrote {Path(args.run_dir) / 'samples'} and report.json")
+    return 0 if report["passed"] else 1
+
+
 def cmd_toy(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from pathlib import Path
 
@@ -133,7 +166,7 @@ def cmd_toy(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
     cfg = load_config(args.file, _split_overrides(extra, "toy"))
     run_dir = Path(args.run_dir or Path("runs") / cfg.name)
-    report = run(cfg, run_dir, progress=not args.no_progress)
+    report = run(cfg, run_dir, resume=args.resume, progress=not args.no_progress)
     print(format_report(report))
     print(f"run directory: {run_dir} (report.json, samples/points.png, loss.png, metrics.jsonl)")
     return 0 if report["passed"] else 1
@@ -188,8 +221,27 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Exit code 1 if a score misses its bar.")
     p.add_argument("file", help="YAML experiment config")
     p.add_argument("--run-dir", help="run directory (default runs/<experiment name>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its latest checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_toy, takes_overrides=True)
+
+    p = sub.add_parser("train", allow_abbrev=False, help="train the stage a config names (codec, prior or joint)",
+                       description="Train with accelerate into a run directory: config.yaml, metrics.jsonl, checkpoints/, loss.png. "
+                                   "Multi-process: torchrun --nproc_per_node N -m latentbridge train FILE (see README).")
+    p.add_argument("file", help="YAML experiment config")
+    p.add_argument("--run-dir", help="run directory (default runs/<experiment name>)")
+    p.add_argument("--resume", action="store_true", help="continue this run from its latest checkpoint (exactly)")
+    p.add_argument("--init-from", help="start a new run from the weights of this checkpoint (or run directory)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train, takes_overrides=True)
+
+    p = sub.add_parser("sample", allow_abbrev=False, help="sample a trained run and score the samples",
+                       description="Load RUN_DIR's codecs and the EMA prior of its latest checkpoint, generate across guidance "
+                                   "scales, write samples/ and report.json.")
+    p.add_argument("run_dir", help="run directory written by `latentbridge train`")
+    p.add_argument("--guidance", type=float, nargs="+", help="guidance scales (default: the config's eval.guidance_scales)")
+    p.add_argument("--samples", type=int, help="samples per guidance scale")
+    p.set_defaults(func=cmd_sample)
     return parser
 
 

@@ -106,12 +106,18 @@ class SamplingConfig:
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Optimisation of the toy experiment's codec and prior stages."""
+    """Training: which stage, optimisation, checkpoints."""
 
+    stage: Literal["codec", "prior", "joint"] = "prior"
+    """codec: one codec on its own loss; prior: codecs frozen; joint: a codec trains with the prior."""
+    codec_role: str | None = None
+    """Role whose codec trains in the codec and joint stages (default: the task's target)."""
     steps: int = 2000
-    """Prior training steps."""
+    """Optimizer steps of the stage."""
     batch_size: int = 256
-    """Examples per step."""
+    """Examples per micro-step, over all processes (must divide by the process count)."""
+    grad_accum: int = 1
+    """Micro-steps accumulated per optimizer step."""
     row_length: int | None = 256
     """Tokens per packed row (several examples share a row); null packs one example per row."""
     lr: float = 1e-3
@@ -131,9 +137,19 @@ class TrainConfig:
     codec_lr: float = 1e-2
     """Learning rate of the codec stage."""
     mixed_precision: Literal["no", "bf16"] = "no"
-    """bf16 autocast for the prior."""
+    """bf16 autocast (the CPU here supports it; so do recent GPUs)."""
     log_every: int = 50
     """Steps between metrics.jsonl lines."""
+    checkpoint_every: int = 500
+    """Steps between checkpoints (and one at the end); 0 writes none."""
+    keep_checkpoints: int = 3
+    """Newest checkpoints kept; older ones are deleted once a new one is complete."""
+    ema_decay: float = 0.999
+    """Decay of the EMA of the trained weights; 0 turns EMA off."""
+    joint_kl_weight: float = 1.0
+    """Joint stage: weight of KL(q(z|x) || q_stage1(z|x)), which keeps the codec near its stage-1 encoder."""
+    joint_codec_weight: float = 1.0
+    """Joint stage: weight of the codec's own loss."""
 
 
 @dataclasses.dataclass
@@ -142,6 +158,8 @@ class DataConfig:
 
     name: Literal["gaussian_ring"] = "gaussian_ring"
     """Dataset name."""
+    path: str | None = None
+    """A safetensors file with `points` [N, 2] and `labels` [N] to train on instead of sampling the ring."""
     num_classes: int = 8
     """Number of classes K."""
     radius: float = 2.0
@@ -187,7 +205,7 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         roles = set(self.codecs)
-        for role in [*self.task.cond, self.task.target]:
+        for role in [*self.task.cond, self.task.target, self.train.codec_role or ""]:
             if role and role not in roles:
                 raise ValueError(f"task names role {role!r}, which is not under codecs (roles: {', '.join(sorted(roles)) or 'none'})")
 

@@ -218,27 +218,6 @@ def unpack(packed: PackedBatch, values: Tensor, layout: SequenceLayout, *, noisy
     return out
 
 
-def block_groups(packed: PackedBatch) -> tuple[Tensor, Tensor]:
-    """Noisy blocks as groups for drawing one flow time each.
-
-    Returns group [B, L] (index of the token's noisy block, -1 for other tokens) and the stream id of
-    each group [G].
-    """
-    meta = packed.meta
-    noisy = meta.noisy & (meta.sample >= 0)
-    b, l = noisy.shape
-    row = torch.arange(b, device=noisy.device)[:, None].expand(b, l)
-    keys = torch.stack([row[noisy], meta.sample[noisy], meta.block[noisy]], dim=1)  # [M, 3]
-    group = torch.full((b, l), -1, dtype=torch.long, device=noisy.device)
-    if keys.shape[0] == 0:
-        return group, torch.zeros(0, dtype=torch.long, device=noisy.device)
-    unique, inverse = torch.unique(keys, dim=0, return_inverse=True)
-    group[noisy] = inverse
-    group_codec = torch.zeros(unique.shape[0], dtype=torch.long, device=noisy.device)
-    group_codec[inverse] = packed.codec[noisy]
-    return group, group_codec
-
-
 def drop_conditions(examples: Sequence[Example], p: float, generator: torch.Generator | None = None) -> list[Example]:
     """Classifier-free guidance training: drop each example's `cond` segments together with probability p."""
     if p <= 0:

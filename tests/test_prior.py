@@ -12,8 +12,8 @@ import torch
 from latentbridge.flow import LogitNormal, Uniform
 from latentbridge.pipeline import generate_latents
 from latentbridge.prior import BlockCausalDiT, TokenMeta, block_causal_mask, prior_config
-from latentbridge.sequence import Segment, SequenceLayout, Stream, block_groups, drop_conditions, pack, unpack
-from latentbridge.train.objective import prior_loss, sample_block_times
+from latentbridge.sequence import Segment, SequenceLayout, Stream, drop_conditions, pack, unpack
+from latentbridge.train.objective import draw_noise, prior_loss
 
 LAYOUT = SequenceLayout({"text": Stream(dim=4, block_size=3), "image": Stream(dim=6, block_size=4), "label": Stream(dim=2, block_size=1)})
 
@@ -94,17 +94,35 @@ def test_row_packing_without_padding_and_unpack_round_trip():
 def test_one_time_per_block_from_each_codec_sampler():
     rng = random.Random(1)
     examples = random_examples(rng, 6)
-    p = pack(examples, LAYOUT, row_length=80)
-    group, group_codec = block_groups(p)
-    t = sample_block_times(p, LAYOUT, {"text": Uniform(), "image": LogitNormal(2.0, 0.1), "label": Uniform()},
-                           torch.Generator().manual_seed(0))
-    noisy = p.meta.noisy & (p.meta.sample >= 0)
-    assert torch.all(t[~noisy] == 0) and torch.all(t[noisy] > 0)
-    for g in range(group_codec.shape[0]):
-        assert t[group == g].unique().numel() == 1
-    image = noisy & (p.codec == LAYOUT.ids["image"])
-    if image.any():
-        assert float(t[image].min()) > 0.75  # sigmoid(2 - 4 * 0.1 * ...) stays high
+    samplers = {"text": Uniform(), "image": LogitNormal(2.0, 0.1), "label": Uniform()}
+    noise = draw_noise(examples, LAYOUT, samplers, torch.Generator().manual_seed(0))
+    for i, ex in enumerate(examples):
+        nz = noise[i : i + 1]
+        offset = 0
+        for seg in (s for s in ex if s.role == "target"):
+            n, bs = seg.latents.shape[0], LAYOUT.streams[seg.codec].block_size
+            t = nz.t[offset : offset + n]
+            for start in range(0, n, bs):
+                assert t[start : start + bs].unique().numel() == 1  # one time per block
+            if seg.codec == "image":
+                assert float(t.min()) > 0.75
+            dim = LAYOUT.streams[seg.codec].dim
+            assert torch.all(nz.eps[offset : offset + n, dim:] == 0)  # no noise in padding channels
+            offset += n
+        assert offset == nz.t.shape[0] == nz.eps.shape[0]
+
+
+def test_loss_of_a_split_batch_equals_the_whole():
+    prior = make_prior(torch.float64)
+    examples = random_examples(random.Random(2), 8, torch.float64)
+    samplers = {n: Uniform() for n in LAYOUT.names}
+    noise = draw_noise(examples, LAYOUT, samplers, torch.Generator().manual_seed(0))
+    whole = prior_loss(prior, LAYOUT, examples, noise=noise, row_length=64)["loss"]
+    rows = prior_loss(prior, LAYOUT, examples, noise=noise)["loss"]  # other packing, same noise
+    assert torch.allclose(whole, rows, atol=1e-12)
+    halves = [prior_loss(prior, LAYOUT, examples[sl], noise=noise[sl])["loss"] for sl in (slice(0, 4), slice(4, 8))]
+    first_half = prior_loss(prior, LAYOUT, examples[:4], noise=draw_noise(examples, LAYOUT, samplers, torch.Generator().manual_seed(0))[:4])
+    assert torch.equal(halves[0], first_half["loss"])  # slicing the batch's noise is deterministic
 
 
 def test_drop_conditions():

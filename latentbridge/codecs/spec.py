@@ -131,6 +131,13 @@ class Posterior:
         kl = 0.5 * (self.mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)  # [B, N]
         return kl * self.mask().to(kl.dtype)
 
+    def kl_to(self, other: Posterior) -> Tensor:
+        """KL(self || other) between diagonal Gaussians per latent token, summed over channels: [B, N]."""
+        lv = self.logvar if self.logvar is not None else torch.zeros_like(self.mean)
+        lv0 = other.logvar if other.logvar is not None else torch.zeros_like(other.mean)
+        kl = 0.5 * (lv0 - lv + (lv.exp() + (self.mean - other.mean).pow(2)) / lv0.exp() - 1.0).sum(-1)
+        return kl * self.mask().to(kl.dtype)
+
 
 @dataclasses.dataclass
 class Latents:

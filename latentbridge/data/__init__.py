@@ -1,5 +1,5 @@
 """Datasets: toy distributions with known densities (and, as they land, text, image and audio data)."""
 
-from latentbridge.data.toy import GaussianRing
+from latentbridge.data.toy import GaussianRing, ToyBatches
 
-__all__ = ["GaussianRing"]
+__all__ = ["GaussianRing", "ToyBatches"]

@@ -47,3 +47,43 @@ class GaussianRing:
     def bayes_label(self, x: Tensor) -> Tensor:
         """argmax_y p(y | x): [n]."""
         return self.log_prob_per_class(x).argmax(-1)
+
+
+class ToyBatches:
+    """Deterministic training batches: step i always gives the same points and labels.
+
+    Samples the ring afresh each step, or walks a fixed data set (from a safetensors file with
+    `points` [N, 2] and `labels` [N]) in a per-epoch permutation.
+    """
+
+    def __init__(self, ring: GaussianRing, path: str | None = None, seed: int = 0) -> None:
+        self.ring, self.seed, self.points, self.labels = ring, seed, None, None
+        if path is not None:
+            from pathlib import Path
+
+            from safetensors import SafetensorError
+            from safetensors.torch import load_file
+
+            from latentbridge.errors import ConfigError
+
+            if not Path(path).is_file():
+                raise ConfigError(f"data.path: {path} does not exist. Point it at a safetensors file with `points` [N, 2] "
+                                  "and `labels` [N], or set data.path to null to sample the ring.")
+            try:
+                tensors = load_file(path)
+                self.points, self.labels = tensors["points"].float(), tensors["labels"].long()
+            except (SafetensorError, OSError, KeyError) as err:
+                raise ConfigError(f"data.path: cannot read points and labels from {path} ({type(err).__name__}: {err}).") from None
+            if self.points.ndim != 2 or self.points.shape[1] != 2 or self.labels.shape != (self.points.shape[0],):
+                raise ConfigError(f"data.path: {path} holds points {tuple(self.points.shape)} and labels {tuple(self.labels.shape)}; "
+                                  "expected [N, 2] and [N].")
+
+    def __call__(self, step: int, size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        if self.points is None:
+            return self.ring.sample(size, generator)
+        n = self.points.shape[0]
+        start = step * size
+        epoch, offset = divmod(start, n)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 7_919 + epoch))
+        idx = torch.cat([order, torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 7_919 + epoch + 1))])[offset : offset + size]
+        return self.points[idx], self.labels[idx]

@@ -14,26 +14,22 @@ report.json.
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_model
-from tqdm.auto import tqdm
 
 from latentbridge.codecs import Codec, Latents
-from latentbridge.config import ExperimentConfig, dump_yaml, to_dict
-from latentbridge.data import GaussianRing
+from latentbridge.config import ExperimentConfig
+from latentbridge.data import GaussianRing, ToyBatches
 from latentbridge.errors import ConfigError
 from latentbridge.evaluate import mean_cov_error, mmd2
-from latentbridge.flow import make_time_sampler
 from latentbridge.pipeline import generate_latents
 from latentbridge.plugins import CodecRegistry, registry as default_registry, resolve_codec_configs
 from latentbridge.prior import BlockCausalDiT, prior_config
 from latentbridge.sequence import Segment, SequenceLayout
-from latentbridge.train.objective import prior_loss
+from latentbridge.train.trainer import Trainer
 
 MODALITY_FIELD = {"label": "labels", "vector": "points"}  # which part of the toy data each modality encodes
 
@@ -62,36 +58,9 @@ def role_items(codecs: dict[str, Codec], points: torch.Tensor, labels: torch.Ten
     return {role: codec.collate(data[MODALITY_FIELD[codec.modality]]) for role, codec in codecs.items()}
 
 
-def lr_schedule(step: int, warmup: int, total: int) -> float:
-    """Linear warm-up, then cosine decay to zero (a multiplier of the peak rate)."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
 # --------------------------------------------------------------------------------------------------
 # Stages
 # --------------------------------------------------------------------------------------------------
-
-
-def codec_stage(codecs, data: GaussianRing, cfg: ExperimentConfig, gen: torch.Generator, log) -> None:
-    """Train each trainable codec on its own loss, fit its latent stats, freeze it."""
-    for role, codec in codecs.items():
-        if codec.trainable and cfg.train.codec_steps and not cfg.codecs[role].pretrained:
-            codec.train()
-            opt = torch.optim.Adam(codec.parameters(), lr=cfg.train.codec_lr)
-            for step in range(cfg.train.codec_steps):
-                points, labels = data.sample(cfg.train.batch_size, gen)
-                terms = codec.loss(role_items({role: codec}, points, labels)[role])
-                opt.zero_grad()
-                terms["loss"].backward()
-                opt.step()
-                if step % cfg.train.log_every == 0 or step == cfg.train.codec_steps - 1:
-                    log({"stage": "codec", "role": role, "step": step, **{k: v.item() for k, v in terms.items()}})
-        codec.freeze()
-        points, labels = data.sample(4096, gen)
-        codec.fit_stats([role_items({role: codec}, points, labels)[role]])
 
 
 def encode_examples(codecs, cfg: ExperimentConfig, points, labels, gen, *, mode: str | None = None) -> list[list[Segment]]:
@@ -105,39 +74,6 @@ def encode_examples(codecs, cfg: ExperimentConfig, points, labels, gen, *, mode:
         [Segment(r, latents[r][i], "cond") for r in cfg.task.cond] + [Segment(cfg.task.target, latents[cfg.task.target][i], "target")]
         for i in range(len(labels))
     ]
-
-
-def prior_stage(prior, layout, codecs, data, cfg: ExperimentConfig, gen, log, progress: bool) -> list[float]:
-    samplers = {
-        role: make_time_sampler(s.time_sampler.kind, s.time_sampler.loc, s.time_sampler.scale, codecs[role].latent_spec.dim)
-        for role, s in cfg.codecs.items()
-    }
-    t = cfg.train
-    opt = torch.optim.AdamW(prior.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_schedule(s, t.warmup_steps, t.steps))
-    losses = []
-    bar = tqdm(range(t.steps), desc="prior", disable=not progress, dynamic_ncols=True)
-    start = time.perf_counter()
-    for step in bar:
-        points, labels = data.sample(t.batch_size, gen)
-        with torch.no_grad():
-            examples = encode_examples(codecs, cfg, points, labels, gen)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=t.mixed_precision == "bf16"):
-            terms = prior_loss(prior, layout, examples, samplers, cond_dropout=t.cond_dropout, row_length=t.row_length, generator=gen)
-        loss = terms["loss"]
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"prior loss became {float(loss)} at step {step}; lower train.lr or enable grad clipping")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(prior.parameters(), t.grad_clip)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        if step % t.log_every == 0 or step == t.steps - 1:
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
-            log({"stage": "prior", "step": step, "loss": losses[-1], "grad_norm": float(grad_norm),
-                 "lr": sched.get_last_lr()[0], "elapsed_s": round(time.perf_counter() - start, 2)})
-    return losses
 
 
 # --------------------------------------------------------------------------------------------------
@@ -251,24 +187,15 @@ def thresholds(report: dict[str, Any], target_modality: str) -> dict[str, dict[s
 # --------------------------------------------------------------------------------------------------
 
 
-def plot_run(run_dir: Path, losses: list[float], samples: dict[float, torch.Tensor], labels: torch.Tensor, data: GaussianRing) -> None:
+def plot_samples(run_dir: Path, samples: dict[float, torch.Tensor], labels: torch.Tensor, data: GaussianRing) -> None:
+    """samples/points.png: the truth beside the generated points at each guidance scale."""
+    if not samples:
+        return
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(losses, lw=0.6, alpha=0.5, label="loss")
-    window = max(1, len(losses) // 50)
-    smooth = torch.tensor(losses).unfold(0, window, 1).mean(1) if len(losses) >= window else torch.tensor(losses)
-    ax.plot(range(window - 1, window - 1 + len(smooth)), smooth, lw=1.5, label=f"mean of {window}")
-    ax.set(xlabel="step", ylabel="flow-matching loss", yscale="log", title="prior training")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(run_dir / "loss.png", dpi=120)
-    plt.close(fig)
-    if not samples:
-        return
     truth, _ = data.sample(len(labels), torch.Generator().manual_seed(0), labels=labels)
     panels = [("truth", truth)] + [(f"generated, guidance {s:g}", x) for s, x in samples.items()]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.2), sharex=True, sharey=True)
@@ -276,73 +203,122 @@ def plot_run(run_dir: Path, losses: list[float], samples: dict[float, torch.Tens
         ax.scatter(pts[:, 0], pts[:, 1], c=labels, cmap="tab10", s=2, vmin=0, vmax=9)
         ax.set(title=title, aspect="equal")
     fig.tight_layout()
-    (run_dir / "samples").mkdir(exist_ok=True)
+    (run_dir / "samples").mkdir(parents=True, exist_ok=True)
     fig.savefig(run_dir / "samples" / "points.png", dpi=120)
     plt.close(fig)
 
 
-def prepare_run_dir(run_dir: Path, cfg: ExperimentConfig) -> None:
-    saved = run_dir / "config.yaml"
-    if saved.exists():
-        import yaml
+def train(cfg: ExperimentConfig, run_dir: str | Path, *, reg: CodecRegistry | None = None, resume: bool = False,
+          init_from: str | Path | None = None, progress: bool = True):
+    """Codec pre-stage for trainable codecs without weights, then the configured stage, through the Trainer.
 
-        other = (yaml.safe_load(saved.read_text()) or {}).get("name")
-        if other != cfg.name:
-            raise ConfigError(f"{run_dir} holds a run of experiment '{other}', not '{cfg.name}'. Pick another --run-dir.")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    saved.write_text(dump_yaml(cfg))
-    (run_dir / "metrics.jsonl").write_text("")
-
-
-def run(cfg: ExperimentConfig, run_dir: str | Path, *, reg: CodecRegistry | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train codecs and prior, evaluate, write the run directory; returns the report."""
+    Returns (codecs, prior with EMA weights or None, layout or None).
+    """
     run_dir = Path(run_dir)
     reg = reg or default_registry()
     if not cfg.task.target:
         raise ConfigError("task.target is empty: name the role to generate (e.g. --task.target=point).")
     torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
     codecs = build_codecs(cfg, reg)
-    prepare_run_dir(run_dir, cfg)
-    metrics = (run_dir / "metrics.jsonl").open("a")
+    d = cfg.data
+    ring = GaussianRing(d.num_classes, d.radius, d.tangential_std, d.radial_std)
+    toy = ToyBatches(ring, d.path, cfg.seed)
 
-    def log(row: dict) -> None:
-        metrics.write(json.dumps(row) + "\n")
-        metrics.flush()
+    def batches(step: int, size: int, gen: torch.Generator) -> dict[str, Any]:
+        return role_items(codecs, *toy(step, size, gen))
 
+    stage = cfg.train.stage
+    own = (cfg.train.codec_role or cfg.task.target) if stage in ("codec", "joint") else None
+
+    def finish_codec(role: str) -> None:  # fit the stats of a codec trained here, keep it in the run directory
+        codec = codecs[role]
+        if not cfg.codecs[role].pretrained:
+            points, labels = ring.sample(4096, torch.Generator().manual_seed(cfg.seed + 1))
+            codec.fit_stats([role_items({role: codec}, points, labels)[role]])
+        codec.save_pretrained(run_dir / "codecs" / role)
+
+    for role, codec in codecs.items():  # codec pre-stage: trainable codecs without weights, except the stage's own
+        saved = run_dir / "codecs" / role
+        if resume and (saved / "codec.json").exists() and role != own:
+            codecs[role] = reg.load(saved).freeze()
+            continue
+        if role == own and stage == "codec":
+            continue
+        if codec.trainable and not cfg.codecs[role].pretrained and cfg.train.codec_steps:
+            Trainer(cfg, run_dir, codecs, batches, stage="codec", role=role, steps=cfg.train.codec_steps, lr=cfg.train.codec_lr,
+                    progress=False, checkpoints=False).fit()
+        codec.freeze()
+        finish_codec(role)
+    trainer = Trainer(cfg, run_dir, codecs, batches, resume=resume, init_from=init_from, progress=progress)
+    trainer.fit()
+    weights = trainer.ema_weights()
+    if own is not None:
+        codecs[own].load_state_dict({k.removeprefix("codec."): v for k, v in weights.items() if k.startswith("codec.")}, strict=True)
+        codecs[own].freeze()
+        finish_codec(own) if stage == "codec" else codecs[own].save_pretrained(run_dir / "codecs" / own)
+    if stage == "codec":
+        return codecs, None, None
+    prior = BlockCausalDiT(trainer.prior_config)
+    prior.load_state_dict({k.removeprefix("prior."): v for k, v in weights.items() if k.startswith("prior.")}, strict=True)
+    return codecs, prior.eval(), trainer.layout
+
+
+def run(cfg: ExperimentConfig, run_dir: str | Path, *, reg: CodecRegistry | None = None, resume: bool = False,
+        progress: bool = True) -> dict[str, Any]:
+    """Train (see `train`), evaluate, write samples, plots and report.json; returns the report."""
+    run_dir = Path(run_dir)
+    start = time.perf_counter()
+    codecs, prior, layout = train(cfg, run_dir, reg=reg, resume=resume, progress=progress)
+    if prior is None:
+        raise ConfigError("train.stage=codec trains no prior, so there is nothing to evaluate; use `latentbridge train`.")
+    train_s = time.perf_counter() - start
+    return evaluate_run(cfg, run_dir, codecs, prior, layout, {"train_s": train_s})
+
+
+def evaluate_run(cfg: ExperimentConfig, run_dir: Path, codecs, prior, layout, timings: dict[str, float]) -> dict[str, Any]:
     d = cfg.data
     data = GaussianRing(d.num_classes, d.radius, d.tangential_std, d.radial_std)
-    timings = {}
-    start = time.perf_counter()
-    codec_stage(codecs, data, cfg, gen, log)
-    timings["codec_stage_s"] = time.perf_counter() - start
-
-    layout = SequenceLayout.from_specs({role: codecs[role].latent_spec for role in cfg.codecs})
-    p = cfg.prior
-    pcfg = prior_config(p.preset, layout.dims, width=p.width, depth=p.depth, heads=p.heads, mlp_ratio=p.mlp_ratio, attention=p.attention)
-    prior = BlockCausalDiT(pcfg)
-    start = time.perf_counter()
-    losses = prior_stage(prior, layout, codecs, data, cfg, gen, log, progress)
-    timings["prior_stage_s"] = time.perf_counter() - start
-    prior.eval()
-
-    for role, codec in codecs.items():
-        codec.save_pretrained(run_dir / "codecs" / role)
-    (run_dir / "prior").mkdir(exist_ok=True)
-    save_model(prior, str(run_dir / "prior" / "model.safetensors"))
-    (run_dir / "prior" / "config.json").write_text(json.dumps({**to_dict(pcfg), "streams": layout.names}, indent=2))
-
     start = time.perf_counter()
     report = evaluate(prior, layout, codecs, data, cfg)
-    timings["eval_s"] = time.perf_counter() - start
+    timings = {**timings, "eval_s": time.perf_counter() - start}
     samples = report.pop("samples")
     labels = torch.arange(cfg.eval.samples) % data.num_classes
-    plot_run(run_dir, losses, samples, labels, data)
-    report.update(experiment=cfg.name, prior_parameters=prior.num_parameters(), final_loss=sum(losses[-50:]) / len(losses[-50:]),
+    plot_samples(run_dir, samples, labels, data)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    prior_rows = [r for r in rows if r["stage"] == cfg.train.stage]
+    report.update(experiment=cfg.name, prior_parameters=prior.num_parameters(),
+                  final_loss=prior_rows[-1]["loss"] if prior_rows else None,
                   timings={k: round(v, 1) for k, v in timings.items()}, passed=all(c["pass"] for c in report["checks"].values()))
     (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    metrics.close()
     return report
+
+
+def load_run(run_dir: str | Path, reg: CodecRegistry | None = None):
+    """Config, codecs and EMA prior of a trained run directory (its latest checkpoint)."""
+    from latentbridge.config import load_config
+    from latentbridge.train.checkpoint import latest_checkpoint, load_checkpoint
+
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir / "config.yaml")
+    reg = reg or default_registry()
+    codecs = {role: reg.load(run_dir / "codecs" / role) for role in cfg.codecs}
+    path = latest_checkpoint(run_dir / "checkpoints")
+    if path is None:
+        raise ConfigError(f"{run_dir} has no checkpoint to sample from; train it first (latentbridge train).")
+    ckpt = load_checkpoint(path)
+    weights = ckpt["ema"] or ckpt["model"]
+    weights = {k.removeprefix("module."): v for k, v in weights.items() if k != "n_averaged"}
+    layout = SequenceLayout.from_specs({role: codecs[role].latent_spec for role in cfg.codecs})
+    p = cfg.prior
+    prior = BlockCausalDiT(prior_config(p.preset, layout.dims, width=p.width, depth=p.depth, heads=p.heads,
+                                        mlp_ratio=p.mlp_ratio, attention=p.attention))
+    try:
+        prior.load_state_dict({k.removeprefix("prior."): v for k, v in weights.items() if k.startswith("prior.")}, strict=True)
+    except RuntimeError as err:
+        from latentbridge.errors import CheckpointError
+
+        raise CheckpointError(f"{path}: prior weights do not fit the run's config ({' '.join(str(err).split())[:300]}).") from None
+    return cfg, codecs, prior.eval(), layout
 
 
 def format_report(report: dict[str, Any]) -> str:

@@ -2,10 +2,15 @@
 
 This is where sequence layout, flow matching and the network meet (ARCHITECTURE.md §2: only
 train/, pipeline.py and evaluate/ wire the pieces).
+
+The randomness of a step (condition dropout, the noise and the time of every target block) is drawn
+per example, in example order, before packing. So a global batch split across processes sees
+exactly the noise it would see in one process, whatever the packing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Mapping, Sequence
 
 import torch
@@ -13,40 +18,89 @@ from torch import Tensor
 
 from latentbridge.flow import TimeSampler, flow_matching_loss, interpolate, velocity_target
 from latentbridge.prior import BlockCausalDiT
-from latentbridge.sequence import Example, PackedBatch, SequenceLayout, block_groups, drop_conditions, pack
+from latentbridge.sequence import Example, SequenceLayout, drop_conditions, pack
 
 
-def sample_block_times(packed: PackedBatch, layout: SequenceLayout, samplers: Mapping[str, TimeSampler],
-                       generator: torch.Generator | None = None) -> Tensor:
-    """Flow time per token [B, L]: one draw per noisy block from its codec's sampler; 0 for clean tokens."""
-    group, group_codec = block_groups(packed)
-    times = torch.zeros(group_codec.shape[0], dtype=packed.values.dtype)
+@dataclasses.dataclass
+class BatchNoise:
+    """The randomness of a batch's target tokens, in example order (the order the noisy copies pack in)."""
+
+    eps: Tensor
+    """[T, Dmax] Gaussian noise of every target token (channels past a codec's width are zero)."""
+    t: Tensor
+    """[T] flow time of every target token, constant within each block."""
+    offsets: list[int]
+    """Example i owns tokens offsets[i]:offsets[i + 1]."""
+
+    def __getitem__(self, sl: slice) -> BatchNoise:
+        """The noise of a contiguous run of examples (e.g. one process's share of the global batch)."""
+        start, stop, _ = sl.indices(len(self.offsets) - 1)
+        a, b = self.offsets[start], self.offsets[stop]
+        return BatchNoise(self.eps[a:b], self.t[a:b], [o - a for o in self.offsets[start : stop + 1]])
+
+
+def draw_noise(examples: Sequence[Example], layout: SequenceLayout, samplers: Mapping[str, TimeSampler],
+               generator: torch.Generator | None = None) -> BatchNoise:
+    """One t per target block from its codec's sampler and Gaussian eps per target token, drawn per codec in one go."""
+    token_codec: list[int] = []
+    token_block: list[int] = []  # index of the token's block among its codec's blocks in this batch
+    blocks_seen = [0] * len(layout.names)
+    offsets = [0]
+    for ex in examples:
+        for seg in ex:
+            if seg.role != "target":
+                continue
+            cid = layout.ids[seg.codec]
+            bs = layout.streams[seg.codec].block_size
+            n = seg.latents.shape[0]
+            token_codec += [cid] * n
+            token_block += [blocks_seen[cid] + j // bs for j in range(n)]
+            blocks_seen[cid] += -(-n // bs)
+        offsets.append(len(token_codec))
+    codec_of = torch.tensor(token_codec, dtype=torch.long)
+    block_of = torch.tensor(token_block, dtype=torch.long)
+    eps = torch.zeros(len(token_codec), layout.dmax)
+    t = torch.zeros(len(token_codec))
     for name, cid in layout.ids.items():
-        sel = (group_codec == cid).cpu()
-        if bool(sel.any()):
-            times[sel] = samplers[name].sample(int(sel.sum()), generator).to(times.dtype)
-    times = times.to(packed.values.device)
-    return torch.where(group >= 0, times[group.clamp_min(0)], torch.zeros((), dtype=times.dtype, device=times.device))
+        if not blocks_seen[cid]:
+            continue
+        sel = codec_of == cid
+        dim = layout.dims[cid]
+        t[sel] = samplers[name].sample(blocks_seen[cid], generator).float()[block_of[sel]]
+        eps[sel, :dim] = torch.randn(int(sel.sum()), dim, generator=generator)
+    return BatchNoise(eps, t, offsets)
 
 
 def prior_loss(
     prior: BlockCausalDiT,
     layout: SequenceLayout,
     examples: Sequence[Example],
-    samplers: Mapping[str, TimeSampler],
+    samplers: Mapping[str, TimeSampler] | None = None,
     *,
+    noise: BatchNoise | None = None,
     cond_dropout: float = 0.0,
     row_length: int | None = None,
     generator: torch.Generator | None = None,
+    clean_grad: bool = False,
 ) -> dict[str, Tensor]:
-    """Flow-matching loss on the noisy copies: {"loss": total, "loss/<codec>": per codec stream}."""
-    examples = drop_conditions(examples, cond_dropout, generator)
+    """Flow-matching loss on the noisy copies: {"loss": total, "loss/<codec>": per codec stream}.
+
+    Pass `noise` (from draw_noise, after condition dropout) to fix the step's randomness; otherwise
+    dropout and noise are drawn here from `generator`. With `clean_grad` False the clean history is
+    stop-gradient (Cola DLM's joint stage): gradients reach the latents only through the noisy copy.
+    """
+    if noise is None:
+        examples = drop_conditions(examples, cond_dropout, generator)
+        noise = draw_noise(examples, layout, samplers, generator)
     packed = pack(examples, layout, two_copies=True, row_length=row_length)
     z0 = packed.values  # [B, L, Dmax]
-    t = sample_block_times(packed, layout, samplers, generator)  # [B, L]
-    eps = torch.randn(z0.shape, generator=generator, dtype=z0.dtype).to(z0.device) * packed.channel_mask
-    noisy = packed.meta.noisy[..., None]
-    x = torch.where(noisy, interpolate(z0, eps, t), z0)
+    noisy = packed.meta.noisy & packed.valid  # [B, L]
+    eps = torch.zeros_like(z0)
+    t = torch.zeros_like(packed.t)
+    eps[noisy] = noise.eps.to(z0)  # the noisy copies come in example order
+    t[noisy] = noise.t.to(t)
+    clean = z0 if clean_grad else z0.detach()
+    x = torch.where(noisy[..., None], interpolate(z0, eps, t), clean)
     target = velocity_target(z0, eps)
     pred = prior(x, t, packed.codec, packed.meta)
     mask = packed.loss_mask

@@ -1,0 +1,124 @@
+"""Self-describing training checkpoints: one directory per step, written atomically, loaded strictly.
+
+    checkpoints/step_0000500/
+        model.safetensors      trainable weights (prior.* and/or codec.*)
+        ema.safetensors        EMA of those weights (when enabled)
+        optimizer.pt           optimizer state (tensors and numbers only; loaded with weights_only=True)
+        state.json             step, scheduler state, experiment, stage, codecs (name, provider, fingerprint), versions
+        rng.safetensors        torch's CPU RNG state
+        config.yaml            the resolved config of the run
+    checkpoints/latest         name of the newest complete checkpoint
+
+A checkpoint is written into a hidden temporary directory and renamed into place, then `latest` is
+replaced atomically: a process killed mid-write leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from latentbridge.errors import CheckpointError
+
+LATEST = "latest"
+PAUSE_ENV = "LATENTBRIDGE_CHECKPOINT_PAUSE_S"  # fault injection for tests: sleep mid-write
+
+
+def step_name(step: int) -> str:
+    return f"step_{step:07d}"
+
+
+def _state_dict_tensors(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def save_checkpoint(
+    ckpt_root: Path,
+    step: int,
+    *,
+    model: dict[str, torch.Tensor],
+    ema: dict[str, torch.Tensor] | None,
+    optimizer: dict[str, Any],
+    state: dict[str, Any],
+    config_yaml: str,
+    keep: int,
+) -> Path:
+    """Write checkpoint `step` atomically, point `latest` at it, and keep only the newest `keep`."""
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    final = ckpt_root / step_name(step)
+    tmp = ckpt_root / f".tmp-{step_name(step)}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_file(_state_dict_tensors(model), str(tmp / "model.safetensors"))
+    if ema is not None:
+        save_file(_state_dict_tensors(ema), str(tmp / "ema.safetensors"))
+    pause = float(os.environ.get(PAUSE_ENV, "0") or 0)
+    if pause:
+        time.sleep(pause)
+    torch.save(optimizer, tmp / "optimizer.pt")
+    save_file({"torch_cpu": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
+    (tmp / "config.yaml").write_text(config_yaml)
+    (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=2) + "\n")
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    pointer = ckpt_root / f".{LATEST}.tmp"
+    pointer.write_text(final.name + "\n")
+    os.replace(pointer, ckpt_root / LATEST)
+    for old in complete_checkpoints(ckpt_root)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old)
+    return final
+
+
+def complete_checkpoints(ckpt_root: Path) -> list[Path]:
+    """Finished checkpoint directories, oldest first."""
+    return sorted(p for p in ckpt_root.glob("step_*") if p.is_dir() and (p / "state.json").is_file())
+
+
+def clean_partial(ckpt_root: Path) -> list[str]:
+    """Remove temporary directories left by a process killed while writing; return their names."""
+    removed = []
+    for p in ckpt_root.glob(".tmp-step_*"):
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p.name)
+    return removed
+
+
+def latest_checkpoint(ckpt_root: Path) -> Path | None:
+    """The checkpoint `latest` names (falling back to the newest complete one if the pointer is missing)."""
+    pointer = ckpt_root / LATEST
+    if pointer.is_file():
+        path = ckpt_root / pointer.read_text().strip()
+        if (path / "state.json").is_file():
+            return path
+    done = complete_checkpoints(ckpt_root)
+    return done[-1] if done else None
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint directory; a missing or damaged file is a CheckpointError naming it."""
+    path = Path(path)
+    if not (path / "state.json").is_file():
+        raise CheckpointError(f"{path} is not a complete checkpoint (state.json is missing).")
+    out: dict[str, Any] = {}
+    try:
+        out["state"] = json.loads((path / "state.json").read_text())
+        out["model"] = load_file(str(path / "model.safetensors"))
+        out["ema"] = load_file(str(path / "ema.safetensors")) if (path / "ema.safetensors").exists() else None
+        out["rng"] = load_file(str(path / "rng.safetensors"))["torch_cpu"]
+        out["optimizer"] = torch.load(path / "optimizer.pt", weights_only=True)
+        out["config_yaml"] = (path / "config.yaml").read_text()
+    except (OSError, json.JSONDecodeError, SafetensorError, RuntimeError, KeyError, EOFError) as err:
+        older = [p.name for p in complete_checkpoints(path.parent) if p.name < path.name]
+        hint = f" An older checkpoint exists ({older[-1]}): point {path.parent / LATEST} at it to resume from there." if older else ""
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(err).__name__}: {err}).{hint}") from None
+    return out

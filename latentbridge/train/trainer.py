@@ -1,0 +1,364 @@
+"""One accelerate trainer for the three stages (ARCHITECTURE.md §6).
+
+    codec  one codec trains on its own loss (named terms logged separately)
+    prior  codecs frozen; the prior learns flow matching over the task's examples
+    joint  a trainable codec plus the prior (Cola DLM's best regime): the prior's loss reaches the
+           codec through the noisy copy only (clean history is stop-gradient), the codec keeps its
+           own loss, and a KL to a frozen copy of its stage-1 encoder stops it drifting
+
+Every step's randomness (data, posterior samples, condition dropout, noise, times) comes from a
+generator seeded by (seed, step) and drawn for the global batch, of which each process takes its
+slice. So a resumed run repeats the uninterrupted one exactly, and two processes see the same
+global batch as one. The stage's loss is computed inside one module's forward, so DDP/FSDP wrap it.
+
+Run directory: config.yaml, metrics.jsonl, checkpoints/step_NNNNNNN/ + checkpoints/latest, loss.png.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib.util
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import yaml
+from accelerate import Accelerator
+from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm.auto import tqdm
+
+from latentbridge import __version__
+from latentbridge.codecs import Codec
+from latentbridge.config import ExperimentConfig, dump_yaml, to_dict
+from latentbridge.errors import CheckpointError, ConfigError, LatentbridgeError
+from latentbridge.flow import make_time_sampler
+from latentbridge.plugins import provider_of
+from latentbridge.prior import BlockCausalDiT, prior_config
+from latentbridge.sequence import Segment, SequenceLayout, drop_conditions
+from latentbridge.train.checkpoint import clean_partial, latest_checkpoint, load_checkpoint, save_checkpoint
+from latentbridge.train.objective import draw_noise, prior_loss
+
+# Changing any of these between a checkpoint and a resume changes what the weights mean.
+ARCHITECTURE_KEYS = ("prior", "codecs", "task", "train.stage", "train.codec_role")
+
+
+class TrainingError(LatentbridgeError):
+    """Training cannot go on (a NaN loss, an incompatible resume)."""
+
+
+def lr_schedule(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up, then cosine decay to zero (a multiplier of the peak rate)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+class StageLoss(nn.Module):
+    """The loss of one stage as one module: trainable parts registered, frozen codecs held aside."""
+
+    def __init__(self, stage: str, cfg: ExperimentConfig, codecs: dict[str, Codec], prior: BlockCausalDiT | None,
+                 layout: SequenceLayout | None, role: str | None) -> None:
+        super().__init__()
+        self.stage, self.cfg, self.role, self.layout = stage, cfg, role, layout
+        self.trainable = nn.ModuleDict()
+        if prior is not None:
+            self.trainable["prior"] = prior
+        if role is not None and stage in ("codec", "joint"):
+            self.trainable["codec"] = codecs[role].train().requires_grad_(True)
+        self.frozen = {r: c.freeze() for r, c in codecs.items() if not (stage in ("codec", "joint") and r == role)}
+        self.stage1 = copy.deepcopy(codecs[role]).freeze() if stage == "joint" else None
+        self.samplers = {
+            r: make_time_sampler(s.time_sampler.kind, s.time_sampler.loc, s.time_sampler.scale, codecs[r].latent_spec.dim)
+            for r, s in cfg.codecs.items()
+        }
+        self.codecs = codecs
+
+    def forward(self, items: dict[str, Any], rank_slice: slice, gen: torch.Generator) -> dict[str, Tensor]:
+        if self.stage == "codec":
+            return self.codecs[self.role].loss(_take(items[self.role], rank_slice))
+        cfg = self.cfg
+        roles = [*cfg.task.cond, cfg.task.target]
+        latents = {}
+        for r in roles:  # the global batch, so every process draws the same posterior samples
+            sample = cfg.codecs[r].latents == "sample"
+            grad = self.stage == "joint" and r == self.role
+            with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+                latents[r] = self.codecs[r].encode(items[r], sample=sample, generator=gen).unbind()
+        n = len(latents[cfg.task.target])
+        examples = [[Segment(r, latents[r][i], "cond") for r in cfg.task.cond] + [Segment(cfg.task.target, latents[cfg.task.target][i], "target")]
+                    for i in range(n)]
+        examples = drop_conditions(examples, cfg.train.cond_dropout, gen)
+        noise = draw_noise(examples, self.layout, self.samplers, gen)
+        out = prior_loss(self.trainable["prior"], self.layout, examples[rank_slice], noise=noise[rank_slice],
+                         row_length=cfg.train.row_length)
+        if self.stage == "joint":
+            codec, mine = self.codecs[self.role], _take(items[self.role], rank_slice)
+            own = codec.loss(mine)
+            post, post0 = codec.raw_encode(mine), self.stage1.raw_encode(mine)
+            drift = post.kl_to(post0)[post.mask()].mean()
+            t = cfg.train
+            out = {"loss": out["loss"] + t.joint_codec_weight * own["loss"] + t.joint_kl_weight * drift, "flow": out["loss"],
+                   "kl_to_stage1": drift, **{f"codec/{k}": v for k, v in own.items()}}
+        return out
+
+
+def _take(batch: Any, sl: slice) -> Any:
+    if isinstance(batch, Tensor):
+        return batch[sl]
+    if isinstance(batch, dict):
+        return {k: _take(v, sl) for k, v in batch.items()}
+    raise TypeError(f"cannot slice a batch of type {type(batch).__name__}")
+
+
+class Trainer:
+    """Train one stage of an experiment into a run directory."""
+
+    def __init__(self, cfg: ExperimentConfig, run_dir: str | Path, codecs: dict[str, Codec],
+                 batches: Callable[[int, int, torch.Generator], dict[str, Any]], *, stage: str | None = None,
+                 role: str | None = None, steps: int | None = None, lr: float | None = None, resume: bool = False,
+                 init_from: str | Path | None = None,
+                 progress: bool = True, checkpoints: bool = True) -> None:
+        t = cfg.train
+        self.cfg, self.run_dir, self.codecs, self.batches = cfg, Path(run_dir), codecs, batches
+        self.stage = stage or t.stage
+        self.steps = t.steps if steps is None else steps
+        self.lr = t.lr if lr is None else lr
+        self.progress, self.checkpoints = progress, checkpoints
+        self.role = role or t.codec_role or (cfg.task.target if self.stage != "prior" else None)
+        if self.stage in ("codec", "joint") and (self.role not in codecs or not codecs[self.role].trainable):
+            raise ConfigError(f"train.stage={self.stage} trains one codec: set train.codec_role to a role with a trainable codec "
+                              f"(roles: {', '.join(r for r, c in codecs.items() if c.trainable)}).")
+        log_with = ["tensorboard"] if importlib.util.find_spec("tensorboard") else None
+        self.acc = Accelerator(mixed_precision=t.mixed_precision, log_with=log_with, project_dir=str(self.run_dir),
+                               cpu=not torch.cuda.is_available())  # cpu=True lets torchrun processes form a gloo group
+        world = self.acc.num_processes
+        if t.batch_size % world:
+            raise ConfigError(f"train.batch_size={t.batch_size} must divide evenly over {world} processes.")
+        per = t.batch_size // world
+        self.rank_slice = slice(self.acc.process_index * per, (self.acc.process_index + 1) * per)
+
+        prior, self.layout = None, None
+        if self.stage in ("prior", "joint"):
+            self.layout = SequenceLayout.from_specs({r: codecs[r].latent_spec for r in cfg.codecs})
+            p = cfg.prior
+            self.prior_config = prior_config(p.preset, self.layout.dims, width=p.width, depth=p.depth, heads=p.heads,
+                                             mlp_ratio=p.mlp_ratio, attention=p.attention)
+            torch.manual_seed(cfg.seed)
+            prior = BlockCausalDiT(self.prior_config)
+        self.module = StageLoss(self.stage, cfg, codecs, prior, self.layout, self.role)
+        self.ema = AveragedModel(self.module.trainable, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True) if t.ema_decay > 0 else None
+        opt = torch.optim.AdamW(self.module.trainable.parameters(), lr=self.lr, betas=t.betas, weight_decay=t.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_schedule(s, t.warmup_steps, self.steps))
+        self.wrapped, self.optimizer = self.acc.prepare(self.module, opt)
+        self.start_step = 0
+        if resume:
+            self._resume()
+        elif init_from is not None:
+            self._init_from(Path(init_from))
+
+    # ---- run directory -------------------------------------------------------------------------------
+
+    @property
+    def ckpt_root(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def _prepare_run_dir(self, resume: bool) -> None:
+        saved = self.run_dir / "config.yaml"
+        if saved.exists():
+            other = (yaml.safe_load(saved.read_text()) or {}).get("name")
+            if other != self.cfg.name:
+                raise ConfigError(f"{self.run_dir} holds a run of experiment '{other}', not '{self.cfg.name}'. Pick another --run-dir.")
+        if not resume and self.checkpoints and latest_checkpoint(self.ckpt_root) is not None:
+            raise ConfigError(f"{self.run_dir} already has checkpoints. Pass --resume to continue that run, or pick another --run-dir "
+                              "(nothing is overwritten).")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        saved.write_text(dump_yaml(self.cfg))
+
+    def _meta(self) -> dict[str, Any]:
+        return {
+            "experiment": self.cfg.name, "stage": self.stage, "latentbridge_version": __version__,
+            "codecs": {r: {"codec": c.name, "provider": provider_of(type(c)), "fingerprint": c.fingerprint()}
+                       for r, c in self.codecs.items() if r in self.module.frozen},
+            "trainable_codecs": {r: {"codec": c.name, "provider": provider_of(type(c))}
+                                 for r, c in self.codecs.items() if r not in self.module.frozen},
+        }
+
+    # ---- resume / init ---------------------------------------------------------------------------------
+
+    def _resume(self) -> None:
+        removed = clean_partial(self.ckpt_root) if self.acc.is_main_process else []
+        path = latest_checkpoint(self.ckpt_root)
+        if path is None:
+            raise CheckpointError(f"--resume: {self.ckpt_root} holds no complete checkpoint. Start the run without --resume.")
+        ckpt = load_checkpoint(path)
+        self._check_compatible(ckpt, path)
+        self._load_weights(ckpt["model"], path)
+        if self.ema is not None and ckpt["ema"] is not None:
+            self.ema.load_state_dict({k: v for k, v in ckpt["ema"].items()}, strict=True)
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["state"]["scheduler"])
+        torch.set_rng_state(ckpt["rng"])
+        self.start_step = ckpt["state"]["step"]
+        self.resumed_from, self.removed_partial = path, removed
+
+    def _check_compatible(self, ckpt: dict[str, Any], path: Path) -> None:
+        old = yaml.safe_load(ckpt["config_yaml"]) or {}
+        new = to_dict(self.cfg)
+        changed = [k for k in ARCHITECTURE_KEYS if _get(old, k) != _get(new, k)]
+        if changed:
+            lines = "; ".join(f"{k}: checkpoint {_get(old, k)!r} vs now {_get(new, k)!r}" for k in changed)
+            raise CheckpointError(f"cannot resume {path}: the config changes the architecture ({lines}). Resume with the "
+                                  "original config, or start a new run with --init-from for the weights.")
+        saved, now = ckpt["state"].get("codecs", {}), self._meta()["codecs"]
+        if saved != now:
+            raise CheckpointError(f"cannot resume {path}: its codecs differ from the ones loaded now.\n  checkpoint: "
+                                  f"{json.dumps(saved, sort_keys=True)}\n  installed:  {json.dumps(now, sort_keys=True)}")
+
+    def _load_weights(self, weights: dict[str, Tensor], path: Path) -> None:
+        try:
+            self.module.trainable.load_state_dict(weights, strict=True)
+        except RuntimeError as err:
+            raise CheckpointError(f"{path}: weights do not fit this model ({' '.join(str(err).split())[:400]}).") from None
+
+    def _init_from(self, path: Path) -> None:
+        if (path / "checkpoints").is_dir():
+            path = latest_checkpoint(path / "checkpoints") or path
+        ckpt = load_checkpoint(path)
+        self._load_weights(ckpt["model"], path)
+
+    # ---- the loop -----------------------------------------------------------------------------------------
+
+    def fit(self) -> list[dict[str, float]]:
+        """Train from start_step to steps, logging and checkpointing; returns the logged rows of this call."""
+        acc, t = self.acc, self.cfg.train
+        if acc.is_main_process:
+            self._prepare_run_dir(resume=self.start_step > 0 or hasattr(self, "resumed_from"))
+            metrics = self.run_dir / "metrics.jsonl"
+            kept = [line for line in (metrics.read_text().splitlines() if metrics.exists() else [])
+                    if json.loads(line).get("stage") != self.stage or json.loads(line)["step"] < self.start_step]
+            metrics.write_text("".join(line + "\n" for line in kept))
+            if acc.trackers:
+                acc.init_trackers(self.cfg.name, config={k: str(v) for k, v in _flat(to_dict(self.cfg)).items()})
+        acc.wait_for_everyone()
+        rows: list[dict[str, float]] = []
+        bar = tqdm(range(self.start_step, self.steps), initial=self.start_step, total=self.steps, desc=self.stage,
+                   disable=not (self.progress and acc.is_main_process), dynamic_ncols=True)
+        start = time.perf_counter()
+        self.wrapped.train()
+        for step in bar:
+            self.optimizer.zero_grad(set_to_none=True)
+            totals: dict[str, float] = {}
+            for micro in range(t.grad_accum):
+                index = step * t.grad_accum + micro
+                gen = step_generator(self.cfg.seed, index)
+                torch.manual_seed(self.cfg.seed * 7919 + index)  # codecs' own losses draw from the global RNG
+                items = self.batches(index, t.batch_size, gen)
+                sync = micro == t.grad_accum - 1
+                with contextlib.nullcontext() if sync else acc.no_sync(self.wrapped):
+                    with acc.autocast():
+                        terms = self.wrapped(items, self.rank_slice, gen)
+                    loss = terms["loss"]
+                    if not torch.isfinite(loss.detach()):
+                        last = latest_checkpoint(self.ckpt_root)
+                        raise TrainingError(f"the {self.stage} loss became {float(loss)} at step {step}; stopped before updating the "
+                                            f"weights. Last good checkpoint: {last or 'none'}. Lower train.lr or check the data, then resume.")
+                    acc.backward(loss / t.grad_accum)
+                for k, v in terms.items():
+                    totals[k] = totals.get(k, 0.0) + v.detach().float() / t.grad_accum
+            grad_norm = acc.clip_grad_norm_(self.module.trainable.parameters(), t.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.module.trainable)
+            done = step + 1
+            if step % t.log_every == 0 or done == self.steps:
+                values = {k: acc.reduce(v, reduction="mean").item() for k, v in totals.items()}
+                row = {"stage": self.stage, "step": step, **values, "lr": self.scheduler.get_last_lr()[0],
+                       "grad_norm": float(grad_norm), "elapsed_s": round(time.perf_counter() - start, 3)}
+                rows.append(row)
+                if acc.is_main_process:
+                    with (self.run_dir / "metrics.jsonl").open("a") as f:
+                        f.write(json.dumps(row) + "\n")
+                    bar.set_postfix(loss=f"{values['loss']:.4f}")
+                    acc.log({k: v for k, v in row.items() if isinstance(v, float)}, step=step)
+            if self.checkpoints and t.checkpoint_every and (done % t.checkpoint_every == 0 or done == self.steps):
+                self.save(done)
+        self.wrapped.eval()
+        if acc.is_main_process:
+            plot_losses(self.run_dir)
+        for tracker in acc.trackers:  # not acc.end_training(): it would tear down the process group a later stage needs
+            tracker.finish()
+        return rows
+
+    def save(self, step: int) -> Path | None:
+        self.acc.wait_for_everyone()
+        path = None
+        if self.acc.is_main_process:
+            state = {**self._meta(), "scheduler": self.scheduler.state_dict()}
+            path = save_checkpoint(self.ckpt_root, step, model=self.module.trainable.state_dict(),
+                                   ema=self.ema.state_dict() if self.ema is not None else None,
+                                   optimizer=self.optimizer.state_dict(), state=state, config_yaml=dump_yaml(self.cfg),
+                                   keep=self.cfg.train.keep_checkpoints)
+        self.acc.wait_for_everyone()
+        return path
+
+    def ema_weights(self) -> dict[str, Tensor]:
+        """The EMA of the trainable weights (the raw weights when EMA is off), keyed like trainable.state_dict()."""
+        if self.ema is None:
+            return self.module.trainable.state_dict()
+        return {k.removeprefix("module."): v for k, v in self.ema.state_dict().items() if k != "n_averaged"}
+
+
+def _get(data: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        data = data.get(part) if isinstance(data, dict) else None
+    return data
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in data.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def plot_losses(run_dir: Path) -> None:
+    """loss.png: one panel per named loss term of each stage in metrics.jsonl."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    series: dict[str, tuple[list, list]] = {}
+    for r in rows:
+        for k, v in r.items():
+            if k in ("step", "stage", "lr", "grad_norm", "elapsed_s") or not isinstance(v, (int, float)):
+                continue
+            xs, ys = series.setdefault(f"{r['stage']}: {k}", ([], []))
+            xs.append(r["step"])
+            ys.append(v)
+    if not series:
+        return
+    fig, axes = plt.subplots(1, len(series), figsize=(3.6 * len(series), 3.0), squeeze=False)
+    for ax, (name, (xs, ys)) in zip(axes[0], series.items()):
+        ax.plot(xs, ys, lw=1.2)
+        ax.set(title=name, xlabel="step")
+        if all(y > 0 for y in ys):
+            ax.set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(run_dir / "loss.png", dpi=110)
+    plt.close(fig)
