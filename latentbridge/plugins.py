@@ -213,10 +213,13 @@ def load_codec(directory: str | os.PathLike) -> Codec:
 
 
 def provider_of(codec_cls: type[Codec]) -> str:
-    """Who provides `codec_cls` in the current registry, or its module when it is not registered."""
-    reg = _REGISTRY
-    if reg is not None and codec_cls.name in reg and reg.get(codec_cls.name) is codec_cls:
-        return reg.entry(codec_cls.name).provider
+    """The distribution (and version) whose package defines `codec_cls`, e.g. 'latentbridge-toy 0.1.0'."""
+    top = codec_cls.__module__.split(".")[0]
+    for dist_name in importlib.metadata.packages_distributions().get(top, []):
+        try:
+            return f"{dist_name} {importlib.metadata.version(dist_name)}"
+        except importlib.metadata.PackageNotFoundError:
+            continue
     return f"module {codec_cls.__module__}"
 
 

@@ -66,6 +66,12 @@ def test_wrong_types_name_the_field_path(data, pattern):
         C.from_dict(Outer, data)
 
 
+def test_exponent_without_a_dot_is_a_float():
+    assert C.from_dict(Outer, {"name": "x", "lr": "1e-4"}).lr == 1e-4  # PyYAML reads 1e-4 as text
+    with pytest.raises(ConfigError, match="lr: expected float, got str 'fast'"):
+        C.from_dict(Outer, {"name": "x", "lr": "fast"})
+
+
 def test_missing_required_key():
     with pytest.raises(ConfigError, match=r"missing required key\(s\) name.*--name=VALUE"):
         C.from_dict(Outer, {})

@@ -31,9 +31,11 @@ def test_toy_experiment_passes_its_bars(name, tmp_path, registry):
     guided = [k for k in report["checks"] if k.startswith("guidance raises")]
     assert guided  # guidance is shown to raise the conditional score
     run_dir = tmp_path / "run"
-    for path in ("config.yaml", "metrics.jsonl", "report.json", "loss.png", "prior/model.safetensors",
-                 "codecs/label/codec.json", "codecs/point/model.safetensors"):
+    for path in ("config.yaml", "metrics.jsonl", "report.json", "loss.png", "checkpoints/latest",
+                 "checkpoints/step_0002000/ema.safetensors", "codecs/label/codec.json", "codecs/point/model.safetensors"):
         assert (run_dir / path).exists(), path
+    if cfg.task.target == "point":
+        assert (run_dir / "samples" / "points.png").exists()
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert {"codec", "prior"} == {r["stage"] for r in rows} and all("step" in r for r in rows)
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["name"] == cfg.name

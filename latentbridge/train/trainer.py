@@ -270,7 +270,7 @@ class Trainer:
                     loss = terms["loss"]
                     if not torch.isfinite(loss.detach()):
                         last = latest_checkpoint(self.ckpt_root)
-                        raise TrainingError(f"the {self.stage} loss became {float(loss)} at step {step}; stopped before updating the "
+                        raise TrainingError(f"the {self.stage} loss became {loss.detach().item()} at step {step}; stopped before updating the "
                                             f"weights. Last good checkpoint: {last or 'none'}. Lower train.lr or check the data, then resume.")
                     acc.backward(loss / t.grad_accum)
                 for k, v in terms.items():

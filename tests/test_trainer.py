@@ -1,0 +1,209 @@
+"""The trainer: exact resume after SIGKILL (also mid-checkpoint), two processes, stages, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from latentbridge.config import load_config
+from latentbridge.errors import CheckpointError, ConfigError
+from latentbridge.experiments.toy import train
+from latentbridge.plugins import build_registry, make_plugin_manager
+from latentbridge.train.checkpoint import PAUSE_ENV, latest_checkpoint
+from latentbridge.train.trainer import TrainingError
+
+ROOT = Path(__file__).parents[1]
+CONFIG = ROOT / "configs" / "toy_label_to_vector.yaml"
+BIN = Path(sys.executable).parent
+SMALL = ["--train.steps=30", "--train.log_every=1", "--train.checkpoint_every=10", "--train.codec_steps=20",
+         "--train.batch_size=32", "--train.warmup_steps=5", "--eval.samples=64"]
+
+
+@pytest.fixture(scope="module")
+def reg():
+    return build_registry(make_plugin_manager(autoload=True))
+
+
+def losses(run_dir: Path, stage: str = "prior") -> dict[int, float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    return {r["step"]: r["loss"] for r in rows if r["stage"] == stage}
+
+
+def cli_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "LATENTBRIDGE_DISABLE_PLUGIN_AUTOLOAD"}
+    return {**env, "HF_HUB_OFFLINE": "1"}
+
+
+def start_training(run_dir: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
+    cmd = [str(BIN / "latentbridge"), "train", str(CONFIG), "--run-dir", str(run_dir), "--no-progress", *SMALL, *extra]
+    return subprocess.Popen(cmd, env={**cli_env(), **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(condition, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended before the kill point: {proc.stderr.read()[-2000:]}")
+        if time.time() > deadline:
+            proc.kill()
+            raise AssertionError("timed out waiting for the kill point")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, reg) -> Path:
+    run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
+    train(load_config(CONFIG, SMALL), run_dir, reg=reg, progress=False)
+    return run_dir
+
+
+@pytest.mark.slow
+def test_sigkill_mid_training_then_resume_logs_the_same_losses(tmp_path, uninterrupted, reg):
+    run_dir = tmp_path / "run"
+    proc = start_training(run_dir)
+    wait_for(lambda: max(losses(run_dir), default=-1) >= 24 if (run_dir / "metrics.jsonl").exists() else False, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert latest_checkpoint(run_dir / "checkpoints").name == "step_0000020"
+    train(load_config(CONFIG, SMALL), run_dir, reg=reg, resume=True, progress=False)
+    got, want = losses(run_dir), losses(uninterrupted)
+    assert sorted(got) == sorted(want) == list(range(30))
+    assert max(abs(got[s] - want[s]) for s in want) <= 1e-6
+
+
+@pytest.mark.slow
+def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, uninterrupted, reg):
+    run_dir = tmp_path / "run"
+    proc = start_training(run_dir, env={PAUSE_ENV: "3"})
+    ckpts = run_dir / "checkpoints"
+    wait_for(lambda: any(ckpts.glob(".tmp-step_0000020-*")), proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert latest_checkpoint(ckpts).name == "step_0000010"  # the half-written step 20 is not trusted
+    train(load_config(CONFIG, SMALL), run_dir, reg=reg, resume=True, progress=False)
+    assert not any(ckpts.glob(".tmp-*"))
+    got, want = losses(run_dir), losses(uninterrupted)
+    assert max(abs(got[s] - want[s]) for s in want) <= 1e-6
+    assert sorted(p.name for p in ckpts.glob("step_*")) == ["step_0000010", "step_0000020", "step_0000030"]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path):
+    common = ["--train.codec_steps=0", "--train.steps=8", "--train.log_every=1", "--train.batch_size=32", "--no-progress"]
+    one = subprocess.run([str(BIN / "latentbridge"), "train", str(CONFIG), "--run-dir", str(tmp_path / "one"), *common],
+                         env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([str(BIN / "torchrun"), "--nproc_per_node", "2", "-m", "latentbridge", "train", str(CONFIG),
+                          "--run-dir", str(tmp_path / "two"), *common], env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert sorted(a) == sorted(b) == list(range(8))
+    assert max(abs(a[s] - b[s]) / abs(a[s]) for s in a) <= 1e-5  # same global batch, summed in another order
+
+
+def test_checkpoint_layout_and_retention(uninterrupted):
+    ckpts = uninterrupted / "checkpoints"
+    assert (ckpts / "latest").read_text().strip() == "step_0000030"
+    names = sorted(p.name for p in ckpts.glob("step_*"))
+    assert names == ["step_0000010", "step_0000020", "step_0000030"]  # keep_checkpoints: 3
+    step = ckpts / "step_0000030"
+    assert {p.name for p in step.iterdir()} == {"model.safetensors", "ema.safetensors", "optimizer.pt", "rng.safetensors",
+                                                "state.json", "config.yaml"}
+    state = json.loads((step / "state.json").read_text())
+    assert state["step"] == 30 and state["stage"] == "prior" and state["experiment"] == "toy-label-to-vector"
+    assert state["codecs"]["label"]["codec"] == "label" and state["codecs"]["label"]["provider"] == "latentbridge-toy 0.1.0"
+    assert len(state["codecs"]["point"]["fingerprint"]) == 16
+    for name in ("config.yaml", "metrics.jsonl", "loss.png", "codecs/label/codec.json"):
+        assert (uninterrupted / name).exists(), name
+    rows = [json.loads(line) for line in (uninterrupted / "metrics.jsonl").read_text().splitlines()]
+    assert all({"step", "loss", "stage"} <= set(r) for r in rows)
+    assert {"reconstruction", "kl"} <= set(next(r for r in rows if r["stage"] == "codec"))  # named terms logged
+
+
+def copy_run(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_corrupt_checkpoint_is_named(tmp_path, uninterrupted, reg):
+    run_dir = copy_run(uninterrupted, tmp_path / "run")
+    weights = run_dir / "checkpoints" / "step_0000030" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=r"step_0000030 is corrupt or truncated.*older checkpoint exists \(step_0000020\)"):
+        train(load_config(CONFIG, SMALL + ["--train.steps=40"]), run_dir, reg=reg, resume=True, progress=False)
+
+
+def test_resume_refuses_an_architecture_change(tmp_path, uninterrupted, reg):
+    run_dir = copy_run(uninterrupted, tmp_path / "run")
+    with pytest.raises(CheckpointError, match=r"changes the architecture \(prior: checkpoint .*'depth': None.* vs now .*'depth': 3"):
+        train(load_config(CONFIG, SMALL + ["--prior.depth=3"]), run_dir, reg=reg, resume=True, progress=False)
+
+
+def test_resume_refuses_other_codecs(tmp_path, uninterrupted, reg):
+    run_dir = copy_run(uninterrupted, tmp_path / "run")
+    codec = reg.load(run_dir / "codecs" / "point")
+    codec.stats.set(codec.stats.shift + 1.0, codec.stats.scale)
+    codec.save_pretrained(run_dir / "codecs" / "point")
+    with pytest.raises(CheckpointError, match=r"its codecs differ(.|\n)*checkpoint:(.|\n)*installed:"):
+        train(load_config(CONFIG, SMALL), run_dir, reg=reg, resume=True, progress=False)
+
+
+def test_existing_run_is_never_overwritten(tmp_path, uninterrupted, reg):
+    run_dir = copy_run(uninterrupted, tmp_path / "run")
+    with pytest.raises(ConfigError, match="already has checkpoints. Pass --resume"):
+        train(load_config(CONFIG, SMALL), run_dir, reg=reg, progress=False)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, uninterrupted, reg):
+    run_dir = copy_run(uninterrupted, tmp_path / "run")
+    huge = tmp_path / "huge.safetensors"  # finite inputs whose squared error overflows float32
+    save_file({"points": torch.full((64, 2), 1e38), "labels": torch.zeros(64, dtype=torch.long)}, str(huge))
+    with pytest.raises(TrainingError, match=r"loss became (nan|inf) at step 30.*Last good checkpoint: .*step_0000030"):
+        train(load_config(CONFIG, SMALL + ["--train.steps=40", f"--data.path={huge}"]), run_dir, reg=reg, resume=True, progress=False)
+    assert latest_checkpoint(run_dir / "checkpoints").name == "step_0000030"
+    assert max(losses(run_dir)) == 29  # nothing logged past the failure
+
+
+def test_missing_and_bad_data_paths(tmp_path, reg):
+    with pytest.raises(ConfigError, match=r"data.path: .*nope.safetensors does not exist"):
+        train(load_config(CONFIG, SMALL + [f"--data.path={tmp_path / 'nope.safetensors'}"]), tmp_path / "a", reg=reg, progress=False)
+    bad = tmp_path / "bad.safetensors"
+    save_file({"points": torch.zeros(10, 3), "labels": torch.zeros(10, dtype=torch.long)}, str(bad))
+    with pytest.raises(ConfigError, match=r"holds points \(10, 3\).*expected \[N, 2\]"):
+        train(load_config(CONFIG, SMALL + [f"--data.path={bad}"]), tmp_path / "b", reg=reg, progress=False)
+
+
+def test_init_from_starts_a_new_run_from_weights(tmp_path, uninterrupted, reg):
+    run_dir = tmp_path / "fresh"
+    train(load_config(CONFIG, SMALL + ["--train.steps=2", "--train.lr=0", "--train.ema_decay=0"]), run_dir, reg=reg,
+          init_from=uninterrupted, progress=False)
+    from safetensors.torch import load_file
+
+    a = load_file(str(uninterrupted / "checkpoints" / "step_0000030" / "model.safetensors"))
+    b = load_file(str(run_dir / "checkpoints" / "step_0000002" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # lr 0: the weights are exactly the ones it started from
+    assert min(losses(run_dir)) == 0 and max(losses(run_dir)) == 1  # a new run counts from step 0
+
+
+@pytest.mark.slow
+def test_joint_stage_trains_codec_and_prior(tmp_path, reg):
+    run_dir = tmp_path / "joint"
+    codecs, prior, _ = train(load_config(CONFIG, SMALL + ["--train.stage=joint", "--train.codec_role=label", "--train.steps=10"]),
+                             run_dir, reg=reg, progress=False)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    joint = [r for r in rows if r["stage"] == "joint"]
+    assert joint and {"flow", "kl_to_stage1", "codec/loss"} <= set(joint[-1])
+    assert joint[0]["kl_to_stage1"] == 0.0 and joint[-1]["kl_to_stage1"] > 0  # starts at the stage-1 encoder, then moves
+    state = json.loads((latest_checkpoint(run_dir / "checkpoints") / "state.json").read_text())
+    assert "label" in state["trainable_codecs"] and "label" not in state["codecs"]
+    assert prior is not None and codecs["label"].trainable
