@@ -146,6 +146,10 @@ class TrainConfig:
     """Steps between checkpoints (and one at the end); 0 writes none."""
     keep_checkpoints: int = 3
     """Newest checkpoints kept; older ones are deleted once a new one is complete."""
+    cache_latents: bool = False
+    """Prior/joint stage on a finite data set (data.path): keep the frozen codecs' posteriors on disk as safetensors shards."""
+    latent_cache_dir: str | None = None
+    """Where the latent cache lives (default <run dir>/latent_cache); share it between runs to reuse it."""
     ema_decay: float = 0.999
     """Decay of the EMA of the trained weights; 0 turns EMA off."""
     joint_kl_weight: float = 1.0

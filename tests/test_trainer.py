@@ -207,3 +207,21 @@ def test_joint_stage_trains_codec_and_prior(tmp_path, reg):
     state = json.loads((latest_checkpoint(run_dir / "checkpoints") / "state.json").read_text())
     assert "label" in state["trainable_codecs"] and "label" not in state["codecs"]
     assert prior is not None and codecs["label"].trainable
+
+
+def test_latent_cache_gives_the_same_losses_and_is_reused(tmp_path, reg):
+    ring_points = torch.randn(500, 2, generator=torch.Generator().manual_seed(0)) * 2
+    data = tmp_path / "data.safetensors"
+    save_file({"points": ring_points, "labels": torch.arange(500) % 8}, str(data))
+    args = SMALL + [f"--data.path={data}", "--train.steps=6", f"--train.latent_cache_dir={tmp_path / 'cache'}"]
+    train(load_config(CONFIG, args), tmp_path / "plain", reg=reg, progress=False)
+    train(load_config(CONFIG, args + ["--train.cache_latents=true"]), tmp_path / "cached", reg=reg, progress=False)
+    a, b = losses(tmp_path / "plain"), losses(tmp_path / "cached")
+    assert max(abs(a[s] - b[s]) for s in a) <= 1e-6
+    shards = sorted((tmp_path / "cache").glob("*/shard_*.safetensors"))
+    assert {p.parent.name.split("-")[0] for p in shards} == {"label", "point"}
+    stamp = [p.stat().st_mtime_ns for p in shards]
+    train(load_config(CONFIG, args + ["--train.cache_latents=true"]), tmp_path / "again", reg=reg, progress=False)
+    assert [p.stat().st_mtime_ns for p in shards] == stamp  # same codec and data: read, not rewritten
+    with pytest.raises(ConfigError, match="cache_latents needs a fixed data set"):
+        train(load_config(CONFIG, SMALL + ["--train.cache_latents=true"]), tmp_path / "ring", reg=reg, progress=False)

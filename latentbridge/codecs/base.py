@@ -134,6 +134,10 @@ class Codec(nn.Module):
         """Batch -> normalized latents: the posterior mean (or a sample), checked against latent_spec."""
         post = self.raw_encode(batch)
         self._check_posterior(post)
+        return self.latents_from_posterior(post, sample=sample, generator=generator)
+
+    def latents_from_posterior(self, post: Posterior, *, sample: bool = False, generator: torch.Generator | None = None) -> Latents:
+        """Raw posterior (e.g. from a latent cache) -> normalized latents, exactly as encode() makes them."""
         z = post.sample(generator) if sample else post.mean
         z = self.stats.normalize(z) * post.mask().unsqueeze(-1).to(z.dtype)  # [B, N, D], zero padding
         return Latents(self.name, z, post.lengths)

@@ -81,9 +81,20 @@ class ToyBatches:
     def __call__(self, step: int, size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         if self.points is None:
             return self.ring.sample(size, generator)
+        idx = self.indices(step, size)
+        return self.points[idx], self.labels[idx]
+
+    def indices(self, step: int, size: int) -> Tensor:
+        """Items of the fixed data set that step `step` uses."""
         n = self.points.shape[0]
         start = step * size
         epoch, offset = divmod(start, n)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 7_919 + epoch))
-        idx = torch.cat([order, torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 7_919 + epoch + 1))])[offset : offset + size]
-        return self.points[idx], self.labels[idx]
+        return torch.cat([order, torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 7_919 + epoch + 1))])[offset : offset + size]
+
+    def key(self) -> str:
+        """Identifies the data for caches: a hash of the fixed data set."""
+        import hashlib
+
+        h = hashlib.sha256(self.points.numpy().tobytes() + self.labels.numpy().tobytes())
+        return h.hexdigest()[:12]

@@ -29,6 +29,7 @@ from latentbridge.pipeline import generate_latents
 from latentbridge.plugins import CodecRegistry, registry as default_registry, resolve_codec_configs
 from latentbridge.prior import BlockCausalDiT, prior_config
 from latentbridge.sequence import Segment, SequenceLayout
+from latentbridge.train.latent_cache import LatentCache
 from latentbridge.train.trainer import Trainer
 
 MODALITY_FIELD = {"label": "labels", "vector": "points"}  # which part of the toy data each modality encodes
@@ -249,7 +250,24 @@ def train(cfg: ExperimentConfig, run_dir: str | Path, *, reg: CodecRegistry | No
                     progress=False, checkpoints=False).fit()
         codec.freeze()
         finish_codec(role)
-    trainer = Trainer(cfg, run_dir, codecs, batches, resume=resume, init_from=init_from, progress=progress)
+    caches = {}
+    if cfg.train.cache_latents and stage != "codec":
+        if toy.points is None:
+            raise ConfigError("train.cache_latents needs a fixed data set: set data.path (the ring is sampled afresh each step).")
+        root = Path(cfg.train.latent_cache_dir or run_dir / "latent_cache")
+        for role, codec in codecs.items():
+            if role != own:
+                caches[role] = LatentCache.build_or_load(root, role, codec, toy.key(), len(toy.points),
+                                                         lambda idx, r=role: role_items({r: codecs[r]}, toy.points[idx], toy.labels[idx])[r])
+
+    def cached_batches(step: int, size: int, gen: torch.Generator) -> dict[str, Any]:
+        items = batches(step, size, gen)
+        if caches:
+            idx = toy.indices(step, size)
+            items.update({role: cache.posterior(idx) for role, cache in caches.items()})
+        return items
+
+    trainer = Trainer(cfg, run_dir, codecs, cached_batches, resume=resume, init_from=init_from, progress=progress)
     trainer.fit()
     weights = trainer.ema_weights()
     if own is not None:

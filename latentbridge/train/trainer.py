@@ -33,7 +33,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from latentbridge import __version__
-from latentbridge.codecs import Codec
+from latentbridge.codecs import Codec, Posterior
 from latentbridge.config import ExperimentConfig, dump_yaml, to_dict
 from latentbridge.errors import CheckpointError, ConfigError, LatentbridgeError
 from latentbridge.flow import make_time_sampler
@@ -93,7 +93,10 @@ class StageLoss(nn.Module):
             sample = cfg.codecs[r].latents == "sample"
             grad = self.stage == "joint" and r == self.role
             with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
-                latents[r] = self.codecs[r].encode(items[r], sample=sample, generator=gen).unbind()
+                if isinstance(items[r], Posterior):  # from a latent cache
+                    latents[r] = self.codecs[r].latents_from_posterior(items[r], sample=sample, generator=gen).unbind()
+                else:
+                    latents[r] = self.codecs[r].encode(items[r], sample=sample, generator=gen).unbind()
         n = len(latents[cfg.task.target])
         examples = [[Segment(r, latents[r][i], "cond") for r in cfg.task.cond] + [Segment(cfg.task.target, latents[cfg.task.target][i], "target")]
                     for i in range(n)]
