@@ -177,6 +177,13 @@ def cmd_toy(args: argparse.Namespace, extra: Sequence[str]) -> int:
 # --------------------------------------------------------------------------------------------------
 
 
+def _run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help="YAML experiment config")
+    p.add_argument("--run-dir", help="run directory (default runs/<experiment name>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its latest checkpoint (exactly)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="latentbridge",
@@ -219,20 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train the toy codecs and a prior from FILE (see configs/toy_*.yaml), generate, score "
                                    "against the known density across guidance scales, and write a run directory. "
                                    "Exit code 1 if a score misses its bar.")
-    p.add_argument("file", help="YAML experiment config")
-    p.add_argument("--run-dir", help="run directory (default runs/<experiment name>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its latest checkpoint")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _run_arguments(p)
     p.set_defaults(func=cmd_toy, takes_overrides=True)
 
     p = sub.add_parser("train", allow_abbrev=False, help="train the stage a config names (codec, prior or joint)",
                        description="Train with accelerate into a run directory: config.yaml, metrics.jsonl, checkpoints/, loss.png. "
                                    "Multi-process: torchrun --nproc_per_node N -m latentbridge train FILE (see README).")
-    p.add_argument("file", help="YAML experiment config")
-    p.add_argument("--run-dir", help="run directory (default runs/<experiment name>)")
-    p.add_argument("--resume", action="store_true", help="continue this run from its latest checkpoint (exactly)")
+    _run_arguments(p)
     p.add_argument("--init-from", help="start a new run from the weights of this checkpoint (or run directory)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train, takes_overrides=True)
 
     p = sub.add_parser("sample", allow_abbrev=False, help="sample a trained run and score the samples",

@@ -27,10 +27,10 @@ from latentbridge.errors import ConfigError
 from latentbridge.evaluate import mean_cov_error, mmd2
 from latentbridge.pipeline import generate_latents
 from latentbridge.plugins import CodecRegistry, registry as default_registry, resolve_codec_configs
-from latentbridge.prior import BlockCausalDiT, prior_config
+from latentbridge.prior import BlockCausalDiT
 from latentbridge.sequence import Segment, SequenceLayout
 from latentbridge.train.latent_cache import LatentCache
-from latentbridge.train.trainer import Trainer
+from latentbridge.train.trainer import Trainer, experiment_prior_config
 
 MODALITY_FIELD = {"label": "labels", "vector": "points"}  # which part of the toy data each modality encodes
 
@@ -317,6 +317,8 @@ def load_run(run_dir: str | Path, reg: CodecRegistry | None = None):
     from latentbridge.train.checkpoint import latest_checkpoint, load_checkpoint
 
     run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{run_dir} is not a run directory (no config.yaml). Pass a directory written by `latentbridge train`.")
     cfg = load_config(run_dir / "config.yaml")
     reg = reg or default_registry()
     codecs = {role: reg.load(run_dir / "codecs" / role) for role in cfg.codecs}
@@ -327,9 +329,7 @@ def load_run(run_dir: str | Path, reg: CodecRegistry | None = None):
     weights = ckpt["ema"] or ckpt["model"]
     weights = {k.removeprefix("module."): v for k, v in weights.items() if k != "n_averaged"}
     layout = SequenceLayout.from_specs({role: codecs[role].latent_spec for role in cfg.codecs})
-    p = cfg.prior
-    prior = BlockCausalDiT(prior_config(p.preset, layout.dims, width=p.width, depth=p.depth, heads=p.heads,
-                                        mlp_ratio=p.mlp_ratio, attention=p.attention))
+    prior = BlockCausalDiT(experiment_prior_config(cfg, layout))
     try:
         prior.load_state_dict({k.removeprefix("prior."): v for k, v in weights.items() if k.startswith("prior.")}, strict=True)
     except RuntimeError as err:

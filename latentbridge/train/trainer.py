@@ -59,6 +59,12 @@ def lr_schedule(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def experiment_prior_config(cfg: ExperimentConfig, layout: SequenceLayout):
+    """The PriorConfig an experiment's `prior` section and codec widths describe."""
+    p = cfg.prior
+    return prior_config(p.preset, layout.dims, width=p.width, depth=p.depth, heads=p.heads, mlp_ratio=p.mlp_ratio, attention=p.attention)
+
+
 def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
@@ -153,9 +159,7 @@ class Trainer:
         prior, self.layout = None, None
         if self.stage in ("prior", "joint"):
             self.layout = SequenceLayout.from_specs({r: codecs[r].latent_spec for r in cfg.codecs})
-            p = cfg.prior
-            self.prior_config = prior_config(p.preset, self.layout.dims, width=p.width, depth=p.depth, heads=p.heads,
-                                             mlp_ratio=p.mlp_ratio, attention=p.attention)
+            self.prior_config = experiment_prior_config(cfg, self.layout)
             torch.manual_seed(cfg.seed)
             prior = BlockCausalDiT(self.prior_config)
         self.module = StageLoss(self.stage, cfg, codecs, prior, self.layout, self.role)
