@@ -218,6 +218,12 @@ def unpack(packed: PackedBatch, values: Tensor, layout: SequenceLayout, *, noisy
     return out
 
 
+def task_examples(cond: Sequence[str], target: str, latents: Mapping[str, Sequence[Tensor]]) -> list[Example]:
+    """Example i = the `cond` roles' i-th latents as cond segments, then the target role's i-th latents."""
+    return [[Segment(r, latents[r][i], "cond") for r in cond] + [Segment(target, latents[target][i], "target")]
+            for i in range(len(latents[target]))]
+
+
 def drop_conditions(examples: Sequence[Example], p: float, generator: torch.Generator | None = None) -> list[Example]:
     """Classifier-free guidance training: drop each example's `cond` segments together with probability p."""
     if p <= 0:

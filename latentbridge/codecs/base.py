@@ -106,7 +106,7 @@ class Codec(nn.Module):
     def diagnostics(self, batch: Any) -> dict[str, float]:
         """Rate and active channels from the posterior; codecs add reconstruction quality."""
         post = self.raw_encode(batch)
-        self._check_posterior(post)
+        self.check_posterior(post)
         mask = post.mask()
         tokens = post.mean[mask]  # [M, D]
         out = {"rate_nats_per_latent": float(post.kl()[mask].mean())}
@@ -133,7 +133,7 @@ class Codec(nn.Module):
     def encode(self, batch: Any, *, sample: bool = False, generator: torch.Generator | None = None) -> Latents:
         """Batch -> normalized latents: the posterior mean (or a sample), checked against latent_spec."""
         post = self.raw_encode(batch)
-        self._check_posterior(post)
+        self.check_posterior(post)
         return self.latents_from_posterior(post, sample=sample, generator=generator)
 
     def latents_from_posterior(self, post: Posterior, *, sample: bool = False, generator: torch.Generator | None = None) -> Latents:
@@ -173,7 +173,7 @@ class Codec(nn.Module):
         means = []
         for batch in batches:
             post = self.raw_encode(batch)
-            self._check_posterior(post)
+            self.check_posterior(post)
             means.append(post.mean[post.mask()])
         self.stats.fit(torch.cat(means))
 
@@ -195,7 +195,8 @@ class Codec(nn.Module):
             f"Fix the codec's raw_encode or its latent_spec."
         )
 
-    def _check_posterior(self, post: Any) -> None:
+    def check_posterior(self, post: Any) -> None:
+        """Raise CodecOutputError unless `post` fits latent_spec (shape, dtype, device, lengths, finite values)."""
         spec = self.latent_spec
         if not isinstance(post, Posterior):
             raise self._fail(f"raw_encode must return a latentbridge.codecs.Posterior, got {type(post).__name__}.")

@@ -28,7 +28,7 @@ from latentbridge.evaluate import mean_cov_error, mmd2
 from latentbridge.pipeline import generate_latents
 from latentbridge.plugins import CodecRegistry, registry as default_registry, resolve_codec_configs
 from latentbridge.prior import BlockCausalDiT
-from latentbridge.sequence import Segment, SequenceLayout
+from latentbridge.sequence import Segment, SequenceLayout, task_examples
 from latentbridge.train.latent_cache import LatentCache
 from latentbridge.train.trainer import Trainer, experiment_prior_config
 
@@ -71,10 +71,7 @@ def encode_examples(codecs, cfg: ExperimentConfig, points, labels, gen, *, mode:
     for role in [*cfg.task.cond, cfg.task.target]:
         sample = (mode or cfg.codecs[role].latents) == "sample"
         latents[role] = codecs[role].encode(items[role], sample=sample, generator=gen).unbind()
-    return [
-        [Segment(r, latents[r][i], "cond") for r in cfg.task.cond] + [Segment(cfg.task.target, latents[cfg.task.target][i], "target")]
-        for i in range(len(labels))
-    ]
+    return task_examples(cfg.task.cond, cfg.task.target, latents)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ Dimensions: B rows, H heads, Lc cached tokens, L new tokens, Dh head channels.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from latentbridge.prior.masks import TokenMeta

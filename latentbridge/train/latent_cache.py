@@ -53,7 +53,7 @@ class LatentCache:
                 for start in range(0, count, shard_size):
                     idx = torch.arange(start, min(count, start + shard_size))
                     post = codec.raw_encode(batch_of(idx))
-                    codec._check_posterior(post)
+                    codec.check_posterior(post)
                     tensors = {"mean": post.mean.contiguous(), "lengths": post.lengths}
                     if post.logvar is not None:
                         tensors["logvar"] = post.logvar.contiguous()

@@ -39,7 +39,7 @@ from latentbridge.errors import CheckpointError, ConfigError, LatentbridgeError
 from latentbridge.flow import make_time_sampler
 from latentbridge.plugins import provider_of
 from latentbridge.prior import BlockCausalDiT, prior_config
-from latentbridge.sequence import Segment, SequenceLayout, drop_conditions
+from latentbridge.sequence import SequenceLayout, drop_conditions, task_examples
 from latentbridge.train.checkpoint import clean_partial, latest_checkpoint, load_checkpoint, save_checkpoint
 from latentbridge.train.objective import draw_noise, prior_loss
 
@@ -103,10 +103,7 @@ class StageLoss(nn.Module):
                     latents[r] = self.codecs[r].latents_from_posterior(items[r], sample=sample, generator=gen).unbind()
                 else:
                     latents[r] = self.codecs[r].encode(items[r], sample=sample, generator=gen).unbind()
-        n = len(latents[cfg.task.target])
-        examples = [[Segment(r, latents[r][i], "cond") for r in cfg.task.cond] + [Segment(cfg.task.target, latents[cfg.task.target][i], "target")]
-                    for i in range(n)]
-        examples = drop_conditions(examples, cfg.train.cond_dropout, gen)
+        examples = drop_conditions(task_examples(cfg.task.cond, cfg.task.target, latents), cfg.train.cond_dropout, gen)
         noise = draw_noise(examples, self.layout, self.samplers, gen)
         out = prior_loss(self.trainable["prior"], self.layout, examples[rank_slice], noise=noise[rank_slice],
                          row_length=cfg.train.row_length)
@@ -168,6 +165,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_schedule(s, t.warmup_steps, self.steps))
         self.wrapped, self.optimizer = self.acc.prepare(self.module, opt)
         self.start_step = 0
+        self.resumed_from: Path | None = None
         if resume:
             self._resume()
         elif init_from is not None:
@@ -249,11 +247,11 @@ class Trainer:
         """Train from start_step to steps, logging and checkpointing; returns the logged rows of this call."""
         acc, t = self.acc, self.cfg.train
         if acc.is_main_process:
-            self._prepare_run_dir(resume=self.start_step > 0 or hasattr(self, "resumed_from"))
+            self._prepare_run_dir(resume=self.resumed_from is not None)
             metrics = self.run_dir / "metrics.jsonl"
-            kept = [line for line in (metrics.read_text().splitlines() if metrics.exists() else [])
-                    if json.loads(line).get("stage") != self.stage or json.loads(line)["step"] < self.start_step]
-            metrics.write_text("".join(line + "\n" for line in kept))
+            rows = [json.loads(line) for line in (metrics.read_text().splitlines() if metrics.exists() else [])]
+            kept = [r for r in rows if r.get("stage") != self.stage or r["step"] < self.start_step]  # a resume re-logs later steps
+            metrics.write_text("".join(json.dumps(r) + "\n" for r in kept))
             if acc.trackers:
                 acc.init_trackers(self.cfg.name, config={k: str(v) for k, v in _flat(to_dict(self.cfg)).items()})
         acc.wait_for_everyone()
