@@ -131,23 +131,37 @@ def cmd_train(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from pathlib import Path
 
     from latentbridge.config import load_config
-    from latentbridge.experiments.toy import train
+    from latentbridge.data.sources import make_source
+    from latentbridge.experiments.common import train
     from latentbridge.train.checkpoint import latest_checkpoint
 
     cfg = load_config(args.file, _split_overrides(extra, "train"))
     run_dir = Path(args.run_dir or Path("runs") / cfg.name)
-    train(cfg, run_dir, resume=args.resume, init_from=args.init_from, progress=not args.no_progress)
+    codecs, _, _ = train(cfg, run_dir, resume=args.resume, init_from=args.init_from, progress=not args.no_progress)
     print(f"trained {cfg.train.stage} stage of '{cfg.name}' for {cfg.train.steps} steps; run directory {run_dir}; "
           f"latest checkpoint {latest_checkpoint(run_dir / 'checkpoints')}")
+    if cfg.train.stage == "codec" and cfg.data.name != "gaussian_ring":
+        from latentbridge.experiments.text import codec_report, format_codec_report
+
+        role = cfg.train.codec_role or cfg.task.target
+        entry = codec_report(cfg, run_dir, codecs, make_source(cfg.data, cfg.seed), role)
+        print(format_codec_report(role, entry))
+        print(f"wrote {run_dir / 'report.json'}")
     return 0
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from latentbridge.experiments.toy import evaluate_run, format_report, load_run
+    from latentbridge.experiments.common import load_run
+    from latentbridge.experiments.toy import evaluate_run, format_report
 
     cfg, codecs, prior, layout = load_run(args.run_dir)
+    if codecs[cfg.task.target].modality == "text":
+        return _sample_text(args, cfg, codecs, prior, layout)
+    if args.prompt:
+        raise ConfigError("sample --prompt continues text; this run generates "
+                          f"'{codecs[cfg.task.target].modality}' items.")
     if args.guidance:
         cfg.eval.guidance_scales = args.guidance
     if args.samples:
@@ -156,6 +170,22 @@ def cmd_sample(args: argparse.Namespace) -> int:
     print(format_report(report))
     print(f"wrote {Path(args.run_dir) / 'samples'} and report.json")
     return 0 if report["passed"] else 1
+
+
+def _sample_text(args: argparse.Namespace, cfg, codecs, prior, layout) -> int:
+    from pathlib import Path
+
+    from latentbridge.data.sources import make_source
+    from latentbridge.experiments.text import evaluate_generation
+
+    run_dir = Path(args.run_dir)
+    result = evaluate_generation(cfg, run_dir, codecs, prior, layout, make_source(cfg.data, cfg.seed), prompts=args.prompt,
+                                 samples=args.samples)
+    for p, c in list(zip(result["prompts"], result["continuations"]))[:10]:
+        print(f"{p} >>> {c}")
+    print(json.dumps(result["row"], indent=2))
+    print(f"wrote {run_dir / 'samples' / 'continuations.txt'} and report.json")
+    return 0
 
 
 def cmd_toy(args: argparse.Namespace, extra: Sequence[str]) -> int:
@@ -237,11 +267,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train, takes_overrides=True)
 
     p = sub.add_parser("sample", allow_abbrev=False, help="sample a trained run and score the samples",
-                       description="Load RUN_DIR's codecs and the EMA prior of its latest checkpoint, generate across guidance "
-                                   "scales, write samples/ and report.json.")
+                       description="Load RUN_DIR's codecs and the EMA prior of its latest checkpoint and generate: toy runs "
+                                   "across guidance scales; text runs continue prompts block by block until the end of text. "
+                                   "Writes samples/ and report.json.")
     p.add_argument("run_dir", help="run directory written by `latentbridge train`")
     p.add_argument("--guidance", type=float, nargs="+", help="guidance scales (default: the config's eval.guidance_scales)")
-    p.add_argument("--samples", type=int, help="samples per guidance scale")
+    p.add_argument("--samples", type=int, help="samples per guidance scale (text: held-out prompts to continue)")
+    p.add_argument("--prompt", action="append", help="text runs: continue this prompt (repeatable) instead of held-out ones")
     p.set_defaults(func=cmd_sample)
     return parser
 

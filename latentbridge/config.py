@@ -160,10 +160,15 @@ class TrainConfig:
 
 @dataclasses.dataclass
 class DataConfig:
-    """The toy data: Gaussians on a ring, one class each (latentbridge.data.GaussianRing)."""
+    """The data: `gaussian_ring` (toy points with class labels, latentbridge.data.GaussianRing) or `text`
+    (real English from Debian packages, latentbridge.data.text)."""
 
-    name: Literal["gaussian_ring"] = "gaussian_ring"
+    name: Literal["gaussian_ring", "text"] = "gaussian_ring"
     """Dataset name."""
+    sources: list[str] = dataclasses.field(default_factory=lambda: ["wordnet", "fortunes"])
+    """text: corpora to draw from (wordnet, fortunes, pydoc); split 98/1/1 by a hash of each text."""
+    max_chars: int | None = 240
+    """text: drop texts longer than this many characters (null keeps all; the codec cuts long ones)."""
     path: str | None = None
     """A safetensors file with `points` [N, 2] and `labels` [N] to train on instead of sampling the ring."""
     num_classes: int = 8
@@ -351,6 +356,10 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
     if origin is Literal:
         if any(value == a and type(value) is type(a) for a in args):
             return value
+        if isinstance(value, bool):  # YAML 1.1 reads bare no/off/yes/on as booleans: map back to the choice meant
+            spelled = [a for a in args if isinstance(a, str) and a.lower() in (("no", "off", "false") if not value else ("yes", "on", "true"))]
+            if len(spelled) == 1:
+                return spelled[0]
         raise wrong(_closest(str(value), [str(a) for a in args]))
     if tp is bool:
         if isinstance(value, bool):

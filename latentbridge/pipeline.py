@@ -206,3 +206,41 @@ def generate_latents(
         next_pos += k
         pins = torch.zeros_like(pins)
     return [torch.cat(o)[:num_tokens] if o else torch.zeros(0, dim, dtype=dtype, device=device) for o in outputs]
+
+
+@torch.no_grad()
+def continue_items(
+    prior: BlockCausalDiT,
+    layout: SequenceLayout,
+    codec,
+    role: str,
+    prompts: Sequence,
+    max_tokens: int,
+    *,
+    conditions: Sequence[Example] | None = None,
+    steps: int = 16,
+    solver: str = "euler",
+    shift: float = 1.0,
+    guidance: float | Sequence[float] = 1.0,
+    guidance_interval: tuple[float, float] | None = None,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+    on_block: Callable[[int, Tensor], None] | None = None,
+) -> list:
+    """Continue each prompt item of codec `codec` (stream `role`) block by block until it ends or
+    `max_tokens` new latents are made; returns the decoded continuations.
+
+    The prompt is encoded with `codec.encode_prompt` (so it ends on a latent boundary), becomes the
+    last, partly given target segment of the example (after `conditions[i]`, if any), and the
+    codec's decoder stream decodes each new block and says when an item has ended (its end marker).
+    """
+    prefix = codec.encode_prompt(list(prompts))
+    stream = codec.decoder_stream(prefix)
+    examples = []
+    for i, latents in enumerate(prefix.unbind()):
+        cond = list(conditions[i]) if conditions is not None else []
+        examples.append([*cond, Segment(role, latents, "target")])
+    generate_latents(prior, layout, examples, role, max_tokens, steps=steps, solver=solver, shift=shift, guidance=guidance,
+                     guidance_interval=guidance_interval, generator=generator, use_cache=use_cache, stop=stream.push,
+                     on_block=on_block)
+    return stream.items()

@@ -151,3 +151,12 @@ def test_shipped_configs_load():
     assert paths
     for path in paths:
         assert C.load_config(path).name
+
+
+def test_yaml_no_reads_as_the_string_choice_it_spells():
+    from latentbridge.config import ExperimentConfig, apply_overrides, from_dict, parse_overrides
+
+    cfg = from_dict(ExperimentConfig, apply_overrides({"name": "x"}, parse_overrides(["--train.mixed_precision=no"])))
+    assert cfg.train.mixed_precision == "no"
+    cfg = from_dict(ExperimentConfig, {"name": "x", "train": {"mixed_precision": False}})
+    assert cfg.train.mixed_precision == "no"

@@ -102,6 +102,32 @@ class Codec(nn.Module):
         """n valid items drawn with `generator`, for conformance checks and smoke tests."""
         raise NotImplementedError(f"{type(self).__name__} must implement example_items(n, generator)")
 
+    def augment(self, items: Sequence[Any], generator: torch.Generator) -> list[Any]:
+        """Training view of raw items, drawn with `generator` (default: unchanged).
+
+        The trainer applies it to every training item of this codec, in the codec stage and in the
+        prior stage, so the prior sees the same variety the codec was trained on (the Text VAE draws
+        each text's alignment to latent boundaries here).
+        """
+        return list(items)
+
+    def encode_prompt(self, items: Sequence[Any]) -> Latents:
+        """Latents of items that generation will continue (default: encode_items, the posterior mean).
+
+        Codecs whose latents group several input units override it so a prompt ends on a latent
+        boundary and carries no end marker (see the Text VAE).
+        """
+        return self.encode_items(items)
+
+    def decoder_stream(self, prefix: Latents) -> DecodeStream:
+        """A decoder for latents generated block by block after `prefix` (see DecodeStream)."""
+        if self.latent_spec.end == "marker":
+            raise NotImplementedError(
+                f"codec '{self.name}' ends items by a marker (latent_spec.end='marker'), so it must implement "
+                "decoder_stream(prefix) to tell generation when an item has ended"
+            )
+        return DecodeStream(self, prefix)
+
     @torch.no_grad()
     def diagnostics(self, batch: Any) -> dict[str, float]:
         """Rate and active channels from the posterior; codecs add reconstruction quality."""
@@ -258,10 +284,20 @@ class Codec(nn.Module):
         }
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         save_model(self, str(tmp / WEIGHTS_FILE), metadata={"codec": self.name})
+        self.save_extra(tmp)
         if directory.exists():
             shutil.rmtree(directory)
         os.replace(tmp, directory)
         return directory
+
+    def save_extra(self, directory: Path) -> None:
+        """Write files beside the weights that loading needs (e.g. a tokenizer). Default: none."""
+
+    @classmethod
+    def build_for_directory(cls, config: Any, directory: Path) -> Codec:
+        """Build the (untrained) codec that from_pretrained loads weights into; codecs with files from
+        save_extra read them here. Default: cls(config)."""
+        return cls(config)
 
     @staticmethod
     def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
@@ -297,7 +333,7 @@ class Codec(nn.Module):
             raise CheckpointError(
                 f"{directory / CONFIG_FILE}: the saved config no longer fits {cls.__name__}'s config: {err}"
             ) from None
-        codec = cls(config)
+        codec = cls.build_for_directory(config, directory)
         weights = directory / WEIGHTS_FILE
         if not weights.is_file():
             raise CheckpointError(f"{directory}: {WEIGHTS_FILE} is missing; the save is incomplete — re-save the codec.")
@@ -315,3 +351,32 @@ class Codec(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, modality={self.modality!r}, latent_spec={self.latent_spec}"
+
+
+class DecodeStream:
+    """Decodes latents generated block by block after a prefix, and says when an item has ended.
+
+    `push(block)` takes the next generated block of every sample, [S, K, D] normalized latents (the
+    first block includes the prefix's partial last block, as the generation loop pins it), and
+    returns a bool [S]: items that are complete. `items()` returns the decoded continuations. This
+    generic version suits codecs that end by length: it never ends an item early and decodes the
+    generated latents alone. Codecs that end by a marker override it (with a cache, ideally).
+    """
+
+    def __init__(self, codec: Codec, prefix: Latents) -> None:
+        self.codec = codec
+        self.pins = (prefix.lengths % codec.latent_spec.block_size).cpu()  # [S] prefix tokens inside the first block
+        self.blocks: list[Tensor] = []
+        self.first = True
+
+    def push(self, block: Tensor) -> Tensor:
+        if self.first:
+            self.blocks.append([b[int(p):] for b, p in zip(block, self.pins)])
+            self.first = False
+        else:
+            self.blocks.append(list(block))
+        return torch.zeros(block.shape[0], dtype=torch.bool)
+
+    def items(self) -> list[Any]:
+        per_sample = [torch.cat(parts) for parts in zip(*self.blocks)]
+        return self.codec.decode(Latents.from_list(self.codec.name, per_sample))

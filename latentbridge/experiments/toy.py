@@ -22,17 +22,14 @@ import torch
 
 from latentbridge.codecs import Codec, Latents
 from latentbridge.config import ExperimentConfig
-from latentbridge.data import GaussianRing, ToyBatches
+from latentbridge.data import GaussianRing
+from latentbridge.data.sources import RingSource
 from latentbridge.errors import ConfigError
 from latentbridge.evaluate import mean_cov_error, mmd2
+from latentbridge.experiments.common import load_run, train  # noqa: F401  (the toy's train/load_run are the generic ones)
 from latentbridge.pipeline import generate_latents
-from latentbridge.plugins import CodecRegistry, registry as default_registry, resolve_codec_configs
-from latentbridge.prior import BlockCausalDiT
-from latentbridge.sequence import Segment, SequenceLayout, task_examples
-from latentbridge.train.latent_cache import LatentCache
-from latentbridge.train.trainer import Trainer, experiment_prior_config
-
-MODALITY_FIELD = {"label": "labels", "vector": "points"}  # which part of the toy data each modality encodes
+from latentbridge.plugins import CodecRegistry
+from latentbridge.sequence import Segment, task_examples
 
 
 # --------------------------------------------------------------------------------------------------
@@ -40,23 +37,9 @@ MODALITY_FIELD = {"label": "labels", "vector": "points"}  # which part of the to
 # --------------------------------------------------------------------------------------------------
 
 
-def build_codecs(cfg: ExperimentConfig, reg: CodecRegistry) -> dict[str, Codec]:
-    configs = resolve_codec_configs(cfg, reg)
-    codecs = {}
-    for role, slot in cfg.codecs.items():
-        cls = reg.get(slot.codec)
-        if cls.modality not in MODALITY_FIELD:
-            raise ConfigError(
-                f"codecs.{role}: the toy experiment feeds labels to 'label' codecs and points to 'vector' codecs; "
-                f"codec '{slot.codec}' has modality '{cls.modality}'."
-            )
-        codecs[role] = reg.load(slot.pretrained) if slot.pretrained else cls(configs[role])
-    return codecs
-
-
 def role_items(codecs: dict[str, Codec], points: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
-    data = {"points": list(points), "labels": labels.tolist()}
-    return {role: codec.collate(data[MODALITY_FIELD[codec.modality]]) for role, codec in codecs.items()}
+    raw = {"points": list(points), "labels": labels.tolist()}
+    return {role: codec.collate(raw[RingSource.fields[codec.modality]]) for role, codec in codecs.items()}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -206,78 +189,6 @@ def plot_samples(run_dir: Path, samples: dict[float, torch.Tensor], labels: torc
     plt.close(fig)
 
 
-def train(cfg: ExperimentConfig, run_dir: str | Path, *, reg: CodecRegistry | None = None, resume: bool = False,
-          init_from: str | Path | None = None, progress: bool = True):
-    """Codec pre-stage for trainable codecs without weights, then the configured stage, through the Trainer.
-
-    Returns (codecs, prior with EMA weights or None, layout or None).
-    """
-    run_dir = Path(run_dir)
-    reg = reg or default_registry()
-    if not cfg.task.target:
-        raise ConfigError("task.target is empty: name the role to generate (e.g. --task.target=point).")
-    torch.manual_seed(cfg.seed)
-    codecs = build_codecs(cfg, reg)
-    d = cfg.data
-    ring = GaussianRing(d.num_classes, d.radius, d.tangential_std, d.radial_std)
-    toy = ToyBatches(ring, d.path, cfg.seed)
-
-    def batches(step: int, size: int, gen: torch.Generator) -> dict[str, Any]:
-        return role_items(codecs, *toy(step, size, gen))
-
-    stage = cfg.train.stage
-    own = (cfg.train.codec_role or cfg.task.target) if stage in ("codec", "joint") else None
-
-    def finish_codec(role: str) -> None:  # fit the stats of a codec trained here, keep it in the run directory
-        codec = codecs[role]
-        if not cfg.codecs[role].pretrained:
-            points, labels = ring.sample(4096, torch.Generator().manual_seed(cfg.seed + 1))
-            codec.fit_stats([role_items({role: codec}, points, labels)[role]])
-        codec.save_pretrained(run_dir / "codecs" / role)
-
-    for role, codec in codecs.items():  # codec pre-stage: trainable codecs without weights, except the stage's own
-        saved = run_dir / "codecs" / role
-        if resume and (saved / "codec.json").exists() and role != own:
-            codecs[role] = reg.load(saved).freeze()
-            continue
-        if role == own and stage == "codec":
-            continue
-        if codec.trainable and not cfg.codecs[role].pretrained and cfg.train.codec_steps:
-            Trainer(cfg, run_dir, codecs, batches, stage="codec", role=role, steps=cfg.train.codec_steps, lr=cfg.train.codec_lr,
-                    progress=False, checkpoints=False).fit()
-        codec.freeze()
-        finish_codec(role)
-    caches = {}
-    if cfg.train.cache_latents and stage != "codec":
-        if toy.points is None:
-            raise ConfigError("train.cache_latents needs a fixed data set: set data.path (the ring is sampled afresh each step).")
-        root = Path(cfg.train.latent_cache_dir or run_dir / "latent_cache")
-        for role, codec in codecs.items():
-            if role != own:
-                caches[role] = LatentCache.build_or_load(root, role, codec, toy.key(), len(toy.points),
-                                                         lambda idx, r=role: role_items({r: codecs[r]}, toy.points[idx], toy.labels[idx])[r])
-
-    def cached_batches(step: int, size: int, gen: torch.Generator) -> dict[str, Any]:
-        items = batches(step, size, gen)
-        if caches:
-            idx = toy.indices(step, size)
-            items.update({role: cache.posterior(idx) for role, cache in caches.items()})
-        return items
-
-    trainer = Trainer(cfg, run_dir, codecs, cached_batches, resume=resume, init_from=init_from, progress=progress)
-    trainer.fit()
-    weights = trainer.ema_weights()
-    if own is not None:
-        codecs[own].load_state_dict({k.removeprefix("codec."): v for k, v in weights.items() if k.startswith("codec.")}, strict=True)
-        codecs[own].freeze()
-        finish_codec(own) if stage == "codec" else codecs[own].save_pretrained(run_dir / "codecs" / own)
-    if stage == "codec":
-        return codecs, None, None
-    prior = BlockCausalDiT(trainer.prior_config)
-    prior.load_state_dict({k.removeprefix("prior."): v for k, v in weights.items() if k.startswith("prior.")}, strict=True)
-    return codecs, prior.eval(), trainer.layout
-
-
 def run(cfg: ExperimentConfig, run_dir: str | Path, *, reg: CodecRegistry | None = None, resume: bool = False,
         progress: bool = True) -> dict[str, Any]:
     """Train (see `train`), evaluate, write samples, plots and report.json; returns the report."""
@@ -306,34 +217,6 @@ def evaluate_run(cfg: ExperimentConfig, run_dir: Path, codecs, prior, layout, ti
                   timings={k: round(v, 1) for k, v in timings.items()}, passed=all(c["pass"] for c in report["checks"].values()))
     (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
-
-
-def load_run(run_dir: str | Path, reg: CodecRegistry | None = None):
-    """Config, codecs and EMA prior of a trained run directory (its latest checkpoint)."""
-    from latentbridge.config import load_config
-    from latentbridge.train.checkpoint import latest_checkpoint, load_checkpoint
-
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise ConfigError(f"{run_dir} is not a run directory (no config.yaml). Pass a directory written by `latentbridge train`.")
-    cfg = load_config(run_dir / "config.yaml")
-    reg = reg or default_registry()
-    codecs = {role: reg.load(run_dir / "codecs" / role) for role in cfg.codecs}
-    path = latest_checkpoint(run_dir / "checkpoints")
-    if path is None:
-        raise ConfigError(f"{run_dir} has no checkpoint to sample from; train it first (latentbridge train).")
-    ckpt = load_checkpoint(path)
-    weights = ckpt["ema"] or ckpt["model"]
-    weights = {k.removeprefix("module."): v for k, v in weights.items() if k != "n_averaged"}
-    layout = SequenceLayout.from_specs({role: codecs[role].latent_spec for role in cfg.codecs})
-    prior = BlockCausalDiT(experiment_prior_config(cfg, layout))
-    try:
-        prior.load_state_dict({k.removeprefix("prior."): v for k, v in weights.items() if k.startswith("prior.")}, strict=True)
-    except RuntimeError as err:
-        from latentbridge.errors import CheckpointError
-
-        raise CheckpointError(f"{path}: prior weights do not fit the run's config ({' '.join(str(err).split())[:300]}).") from None
-    return cfg, codecs, prior.eval(), layout
 
 
 def format_report(report: dict[str, Any]) -> str:

@@ -1,0 +1,1 @@
+"""Baselines the latent models are measured against."""
