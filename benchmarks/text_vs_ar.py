@@ -52,11 +52,13 @@ def tokens_of(tok, texts) -> list[list[int]]:
 
 @torch.no_grad()
 def ar_perplexity(model: ARModel, tok, prompts, continuations) -> float:
-    """exp(mean NLL of continuation tokens + [EOS] given the prompt), under the AR model."""
+    """exp(mean NLL of continuation tokens + [EOS] given the prompt), under the AR model.
+
+    Continuations are decoded tokens, so they carry their own leading space: prompt + continuation."""
     total, count = 0.0, 0
     for i in range(0, len(prompts), 32):
         ps, cs = prompts[i : i + 32], continuations[i : i + 32]
-        ids, valid = encode_texts(tok, [p + " " + c if c else p for p, c in zip(ps, cs)], model.config.max_tokens)
+        ids, valid = encode_texts(tok, [p + c for p, c in zip(ps, cs)], model.config.max_tokens)
         nll = model.sequence_nll(ids, valid)  # [B, T-1]
         for j, p in enumerate(ps):
             k = len(tok(p, add_special_tokens=False)["input_ids"])
@@ -130,13 +132,13 @@ def main() -> int:
         ids = tokens_of(tok, outs)
         return {
             "ar_perplexity": ar_perplexity(ar, tok, prompts, outs),
-            "minilm_similarity": float(minilm_similarity([p + " " + o for p, o in zip(prompts, outs)], refs_full).mean()),
+            "minilm_similarity": float(minilm_similarity([p + o for p, o in zip(prompts, outs)], refs_full).mean()),
             "repetition_rate": repetition_rate(ids),
             "mean_tokens": sum(map(len, ids)) / len(ids),
         }
 
     q_latent, q_ar = quality(latent_out), quality(ar_out)
-    ref_ppl = ar_perplexity(ar, tok, prompts, refs)
+    ref_ppl = ar_perplexity(ar, tok, prompts, [" " + r for r in refs])
 
     rows = [
         ("parameters", latent_params, ar.num_parameters()),

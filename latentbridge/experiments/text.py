@@ -21,7 +21,7 @@ import torch
 from latentbridge.codecs import Codec, Latents
 from latentbridge.config import ExperimentConfig
 from latentbridge.data.sources import field_for
-from latentbridge.evaluate.text import minilm_similarity, repetition_rate
+from latentbridge.evaluate.text import minilm_embed, minilm_similarity, repetition_rate
 from latentbridge.pipeline import continue_items
 
 NOISE_LEVELS = (0.1, 0.25)
@@ -56,10 +56,11 @@ def evaluate_codec(codec: Codec, splits: dict[str, Sequence[Any]], *, batch_size
                 totals[k] = totals.get(k, 0.0) + float(v) * len(chunk)
         row = {k: v / len(items) for k, v in totals.items()}
         if codec.modality == "text" and similarity:
+            originals = minilm_embed(list(items))
             for t in (0.0, *NOISE_LEVELS):
                 recon = [r for chunk in _batches(list(items), batch_size) for r in noisy_reconstructions(codec, chunk, t, gen)]
                 key = "minilm_similarity" + ("" if t == 0 else f"_t{t:g}")
-                row[key] = float(minilm_similarity(recon, list(items)).mean())
+                row[key] = float((minilm_embed(recon) * originals).sum(-1).mean())
         if hasattr(codec, "prompt_diagnostics"):
             row.update(codec.prompt_diagnostics(list(items), gen))
         row["items"] = len(items)
@@ -162,7 +163,8 @@ def evaluate_generation(cfg: ExperimentConfig, run_dir: Path, codecs, prior, lay
     row: dict[str, Any] = {"prompts": len(prompts), "generate_s": round(gen_s, 1),
                            "mean_tokens": sum(map(len, ids)) / max(1, len(ids)), "repetition_rate_2gram": repetition_rate(ids)}
     if refs is not None:
-        sims = minilm_similarity([p + " " + o for p, o in zip(prompts, outs)], [p + " " + r for p, r in zip(prompts, refs)])
+        # continuations are decoded tokens and carry their own leading space; references were cut at a space
+        sims = minilm_similarity([p + o for p, o in zip(prompts, outs)], [p + " " + r for p, r in zip(prompts, refs)])
         row["minilm_similarity_to_reference"] = float(sims.mean())
         if tok is not None:
             parity = torch.tensor([len(tok(p, add_special_tokens=False)["input_ids"]) % 2 for p in prompts])
