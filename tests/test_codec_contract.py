@@ -171,3 +171,13 @@ def test_load_errors_name_the_problem(tmp_path):
     meta_file.write_text("{not json")
     with pytest.raises(CheckpointError, match="is not valid JSON"):
         IdentityCodec.from_pretrained(tmp_path / "c")
+
+
+def test_autocast_dtype_is_accepted_only_under_autocast():
+    to_bf16 = lambda p: Posterior(p.mean.bfloat16(), p.lengths)  # noqa: E731  what a codec's layers return under autocast
+    with pytest.raises(CodecOutputError, match="returned torch.bfloat16 latents"):
+        encode_spoiled(to_bf16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert encode_spoiled(to_bf16).values.dtype == torch.bfloat16
+        with pytest.raises(CodecOutputError, match="returned torch.float64 latents"):
+            encode_spoiled(lambda p: Posterior(p.mean.double(), p.lengths))

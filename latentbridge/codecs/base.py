@@ -232,7 +232,7 @@ class Codec(nn.Module):
             raise self._fail(f"raw_encode returned a mean of shape {shape}; expected [B, N, {spec.dim}] (D = latent_spec.dim).")
         if not mean.is_floating_point():
             raise self._fail(f"raw_encode returned a mean of dtype {mean.dtype}; expected a floating dtype.")
-        if mean.dtype != self.dtype:
+        if mean.dtype != self.dtype and not _autocast_dtype(mean):
             raise self._fail(f"raw_encode returned {mean.dtype} latents but the codec's weights are {self.dtype}; build tensors from the inputs' dtype.")
         if mean.device != self.device:
             raise self._fail(f"raw_encode returned latents on {mean.device} but the codec lives on {self.device}; create tensors on the module's device.")
@@ -351,6 +351,12 @@ class Codec(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, modality={self.modality!r}, latent_spec={self.latent_spec}"
+
+
+def _autocast_dtype(t: Tensor) -> bool:
+    """True when autocast is on for t's device and t has its lower-precision dtype (a codec run under autocast)."""
+    kind = t.device.type
+    return kind in ("cpu", "cuda") and torch.is_autocast_enabled(kind) and t.dtype == torch.get_autocast_dtype(kind)
 
 
 class DecodeStream:

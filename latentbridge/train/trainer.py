@@ -100,9 +100,10 @@ class StageLoss(nn.Module):
             grad = self.stage == "joint" and r == self.role
             with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
                 if isinstance(items[r], Posterior):  # from a latent cache
-                    latents[r] = self.codecs[r].latents_from_posterior(items[r], sample=sample, generator=gen).unbind()
+                    enc = self.codecs[r].latents_from_posterior(items[r], sample=sample, generator=gen)
                 else:
-                    latents[r] = self.codecs[r].encode(items[r], sample=sample, generator=gen).unbind()
+                    enc = self.codecs[r].encode(items[r], sample=sample, generator=gen)
+                latents[r] = [v.float() for v in enc.unbind()]  # flow targets in fp32, also when the codec ran under autocast
         examples = drop_conditions(task_examples(cfg.task.cond, cfg.task.target, latents), cfg.train.cond_dropout, gen)
         noise = draw_noise(examples, self.layout, self.samplers, gen)
         out = prior_loss(self.trainable["prior"], self.layout, examples[rank_slice], noise=noise[rank_slice],
