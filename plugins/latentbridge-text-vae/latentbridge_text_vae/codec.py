@@ -176,7 +176,7 @@ class TextVAE(Codec):
         t = max(len(g) for g in grids)
         tokens = torch.full((len(grids), t), self.pad_id, dtype=torch.long)
         scored = torch.zeros(len(grids), t, dtype=torch.bool)
-        for i, (g, x) in enumerate(zip(grids, items)):
+        for i, g in enumerate(grids):
             tokens[i, : len(g)] = torch.tensor(g)
             scored[i, : len(g)] = tokens[i, : len(g)] != self.pad_id  # text and [EOS], not padding
         lengths = torch.tensor([len(g) // p for g in grids], dtype=torch.long)
