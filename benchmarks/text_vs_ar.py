@@ -1,6 +1,6 @@
 """Latent text model (Text VAE + block-causal prior) vs a parameter-matched autoregressive transformer.
 
-    python benchmarks/text_vs_ar.py [--run runs/text-prior] [--ar runs/text-ar] [--ar-steps 1500] [--prompts 64]
+    python benchmarks/text_vs_ar.py [--run runs/text-prior] [--ar runs/text-ar] [--ar-steps 1200] [--prompts 64]
 
 Loads the latent model from a trained prior run (`latentbridge train configs/text_prior.yaml`); trains
 the autoregressive baseline on the same data and tokenizer into --ar unless it is there already.
@@ -78,7 +78,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", default="runs/text-prior", help="trained latent prior run directory")
     ap.add_argument("--ar", default="runs/text-ar", help="autoregressive baseline directory (trained here if missing)")
-    ap.add_argument("--ar-steps", type=int, default=1500)
+    ap.add_argument("--ar-steps", type=int, default=1200, help="training steps of the baseline (same batch size as the prior run)")
     ap.add_argument("--ar-width", type=int, default=256)
     ap.add_argument("--ar-depth", type=int, default=0, help="0: pick the depth that matches the latent model's parameters")
     ap.add_argument("--prompts", type=int, default=64, help="held-out prompts for quality")
