@@ -181,7 +181,7 @@ def train_ar(model: ARModel, tokenizer, batches, steps: int, out_dir: str | Path
             opt.step()
             sched.step()
             if step % log_every == 0 or step == steps - 1:
-                row = {"step": step, "loss": float(loss), "elapsed_s": round(time.perf_counter() - start, 2)}
+                row = {"step": step, "loss": loss.item(), "elapsed_s": round(time.perf_counter() - start, 2)}
                 rows.append(row)
                 log.write(json.dumps(row) + "\n")
                 log.flush()
