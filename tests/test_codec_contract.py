@@ -181,3 +181,15 @@ def test_autocast_dtype_is_accepted_only_under_autocast():
         assert encode_spoiled(to_bf16).values.dtype == torch.bfloat16
         with pytest.raises(CodecOutputError, match="returned torch.float64 latents"):
             encode_spoiled(lambda p: Posterior(p.mean.double(), p.lengths))
+
+
+def test_generic_decode_stream_drops_the_pinned_prefix_and_never_ends_early():
+    codec = IdentityCodec().eval()  # block size 4, ends by length
+    prefix = Latents.from_list(codec.name, [torch.randn(n, 8) for n in (2, 4, 5)])
+    stream = codec.decoder_stream(prefix)
+    first, second = torch.randn(3, 4, 8), torch.randn(3, 4, 8)
+    assert not stream.push(first).any() and not stream.push(second).any()
+    pins = [2, 0, 1]  # prefix tokens inside the first pushed block
+    for item, block0, block1, p in zip(stream.items(), first, second, pins):
+        want = codec.decode(Latents(codec.name, torch.cat([block0[p:], block1])[None], torch.tensor([8 - p])))[0]
+        assert torch.allclose(torch.as_tensor(item), torch.as_tensor(want))

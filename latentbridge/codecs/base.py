@@ -372,7 +372,7 @@ class DecodeStream:
     def __init__(self, codec: Codec, prefix: Latents) -> None:
         self.codec = codec
         self.pins = (prefix.lengths % codec.latent_spec.block_size).cpu()  # [S] prefix tokens inside the first block
-        self.blocks: list[Tensor] = []
+        self.blocks: list[list[Tensor]] = []  # per pushed block: each sample's new latents
         self.first = True
 
     def push(self, block: Tensor) -> Tensor:
