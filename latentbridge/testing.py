@@ -21,6 +21,7 @@ import functools
 import tempfile
 from typing import Any, Callable, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -72,8 +73,12 @@ def move_to(batch: Any, device: torch.device | str) -> Any:
 
 
 def _same_item(a: Any, b: Any, atol: float) -> bool:
+    """Equal items; arrays and tensors within atol (quantized ones, e.g. uint8 images, within one level)."""
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        a, b = torch.from_numpy(a), torch.from_numpy(b)
     if isinstance(a, Tensor) and isinstance(b, Tensor):
-        return a.shape == b.shape and torch.allclose(a.float(), b.float(), atol=atol, rtol=0)
+        tol = atol if a.is_floating_point() else max(atol, 1.0)
+        return a.shape == b.shape and torch.allclose(a.float(), b.float(), atol=tol, rtol=0)
     return type(a) is type(b) and a == b
 
 
