@@ -1,7 +1,7 @@
 """The autoregressive baseline: a small decoder-only transformer over the same tokens, with a KV cache.
 
 It is what the latent model is measured against (benchmarks/text_vs_ar.py): same tokenizer, same
-data, about the same parameter count as Text VAE + prior. Pre-LayerNorm blocks, rotary positions,
+data, about the same parameter count as Text VAE + prior. Pre-LayerNorm blocks, rotary positions (the prior's RotaryEmbedding),
 GELU MLP, tied input/output embedding; trained by next-token cross-entropy (with [EOS] at the end of
 every text); sampled token by token with preallocated key/value buffers.
 
@@ -24,6 +24,7 @@ from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 
 from latentbridge.errors import CheckpointError
+from latentbridge.prior.layers import RotaryEmbedding
 
 
 @dataclasses.dataclass
@@ -37,16 +38,6 @@ class ARConfig:
     """Longest sequence (prompt + continuation + [EOS])."""
 
 
-def _rope(x: Tensor, pos: Tensor) -> Tensor:
-    """Rotate channel pairs of x [B, H, T, hd] by pos [B, T] * 10000^(-2i/hd)."""
-    half = x.shape[-1] // 2
-    freqs = 10_000.0 ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)
-    ang = pos.float()[:, None, :, None] * freqs
-    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
-    a, b = x[..., :half], x[..., half:]
-    return torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1)
-
-
 class _Block(nn.Module):
     def __init__(self, c: ARConfig) -> None:
         super().__init__()
@@ -56,9 +47,10 @@ class _Block(nn.Module):
         hidden = int(c.width * c.mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(c.width, hidden), nn.GELU(), nn.Linear(hidden, c.width))
 
-    def forward(self, x: Tensor, pos: Tensor, mask: Tensor, cache: tuple[Tensor, Tensor] | None, start: int) -> Tensor:
+    def forward(self, x: Tensor, rope: RotaryEmbedding, rot: tuple[Tensor, Tensor], mask: Tensor,
+                cache: tuple[Tensor, Tensor] | None, start: int) -> Tensor:
         q, k, v = rearrange(self.qkv(self.norm1(x)), "b t (three h d) -> three b h t d", three=3, h=self.heads)
-        q, k = _rope(q, pos), _rope(k, pos)
+        q, k = rope.apply(q, *rot), rope.apply(k, *rot)
         if cache is not None:  # write this step's keys/values into the buffers, attend to all so far
             kc, vc = cache
             t = x.shape[1]
@@ -78,6 +70,7 @@ class ARModel(nn.Module):
         nn.init.normal_(self.embed.weight, std=0.02)
         self.blocks = nn.ModuleList(_Block(config) for _ in range(config.depth))
         self.norm = nn.LayerNorm(config.width)
+        self.rope = RotaryEmbedding(config.width // config.heads, fraction=1.0)  # the prior's RoPE, on every channel
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -85,8 +78,9 @@ class ARModel(nn.Module):
     def forward(self, ids: Tensor, pos: Tensor, mask: Tensor, caches=None, start: int = 0) -> Tensor:
         """ids [B, T] at positions pos [B, T], attention mask [B, 1, T, start + T] -> logits [B, T, V]."""
         x = self.embed(ids)
+        rot = self.rope.angles(pos)  # once per forward, shared by the blocks
         for i, block in enumerate(self.blocks):
-            x = block(x, pos, mask, caches[i] if caches is not None else None, start)
+            x = block(x, self.rope, rot, mask, caches[i] if caches is not None else None, start)
         return self.norm(x) @ self.embed.weight.T
 
     def sequence_nll(self, ids: Tensor, valid: Tensor) -> Tensor:

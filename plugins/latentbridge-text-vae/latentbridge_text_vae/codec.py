@@ -310,7 +310,7 @@ class TextVAE(Codec):
     def prompt_diagnostics(self, texts: Sequence[str], generator: torch.Generator) -> dict[str, float]:
         """Odd- vs even-length prompts: reconstruction on the latent grid a prompt imposes, and prompt latents.
 
-        Each text is cut after k tokens (k uniform in 1..n-1). Its prompt is encoded with encode_prompt
+        Each text is cut after k tokens (k uniform in 1..n-1). Its prompt is encoded as encode_prompt does
         (phase -k mod p, no [EOS]); the whole text is encoded at that same phase. Because the encoder
         is block-causal per latent, the prompt's latents must equal the first latents of the whole
         text (`prompt_latent_max_diff`), so the prior continues from latents it was trained on. The
@@ -318,7 +318,7 @@ class TextVAE(Codec):
         k is what made Cola DLM's 2-token model collapse.
         """
         p = self.config.tokens_per_latent
-        prompts, wholes, parity = [], [], []
+        prompts, wholes, parity = [], [], []  # prompts: as encode_prompt aligns them
         for text in texts:
             full = self.tokenizer(text, add_special_tokens=False)["input_ids"][: self.config.max_tokens - p]
             if len(full) < 2:
@@ -326,15 +326,15 @@ class TextVAE(Codec):
             k = int(torch.randint(1, len(full), (1,), generator=generator))
             prompt = self.tokenizer.decode(full[:k])
             n = len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
-            prompts.append(prompt)
+            prompts.append(TextItem(prompt, phase=-n % p, end=False))
             wholes.append(TextItem(self.tokenizer.decode(full), phase=-n % p))
             parity.append(n % 2)
-        prompt_latents = self.encode_prompt(prompts)
+        prompt_batch = self.collate(prompts)
+        prompt_latents = self.encode(prompt_batch)
         batch = self.collate(wholes)
         whole = self.encode(batch)
         diff = 0.0
-        prompt_tokens = self.collate([TextItem(t, -n % p, False) for t, n in zip(prompts, (len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in prompts))])["tokens"]
-        for a, b, pt, wt in zip(prompt_latents.unbind(), whole.unbind(), prompt_tokens, batch["tokens"]):
+        for a, b, pt, wt in zip(prompt_latents.unbind(), whole.unbind(), prompt_batch["tokens"], batch["tokens"]):
             m = len(a) * p
             if torch.equal(pt[:m], wt[:m]):  # the prompt tokenizes as the start of the whole text (BPE may merge across the cut)
                 diff = max(diff, float((a - b[: len(a)]).abs().max()))
