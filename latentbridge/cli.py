@@ -141,12 +141,24 @@ def cmd_train(args: argparse.Namespace, extra: Sequence[str]) -> int:
     print(f"trained {cfg.train.stage} stage of '{cfg.name}' for {cfg.train.steps} steps; run directory {run_dir}; "
           f"latest checkpoint {latest_checkpoint(run_dir / 'checkpoints')}")
     if cfg.train.stage == "codec" and cfg.data.name != "gaussian_ring":
-        from latentbridge.experiments.text import codec_report, format_codec_report
+        from latentbridge.experiments.codecs import codec_report, format_codec_report
 
         role = cfg.train.codec_role or cfg.task.target
         entry = codec_report(cfg, run_dir, codecs, make_source(cfg.data, cfg.seed), role)
         print(format_codec_report(role, entry))
-        print(f"wrote {run_dir / 'report.json'}")
+        print(f"wrote {run_dir / 'report.json'} and reconstructions in {run_dir / 'samples'}")
+    return 0
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    from latentbridge.experiments.codecs import reconstruct
+
+    result = reconstruct(args.path, args.out, role=args.role, splits=args.split, n=args.n, files=args.files or ())
+    rows = []
+    for split, row in result["held_out"].items():
+        rows += [[split, k, f"{v:.4f}" if isinstance(v, float) else str(v)] for k, v in row.items()]
+    print(_table(rows, ["split", "figure", "value"]))
+    print(f"wrote {len(result['written'])} files to {result['out']} and the figures to {result['report']}")
     return 0
 
 
@@ -275,6 +287,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, help="samples per guidance scale (text: held-out prompts to continue)")
     p.add_argument("--prompt", action="append", help="text runs: continue this prompt (repeatable) instead of held-out ones")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("reconstruct", allow_abbrev=False, help="reconstruct held-out data (or your files) through a trained codec",
+                       description="Encode and decode items with a trained codec and write what to look at and listen to: "
+                                   "a PNG grid (images: originals above reconstructions), WAV pairs and a log-mel panel "
+                                   "(audio), a text file (text), with the codec's diagnostics in reconstructions.json.")
+    p.add_argument("path", help="a saved codec directory (codec.json) or a run directory (config.yaml)")
+    p.add_argument("--out", help="output directory (default: a run's own samples/ and report.json, or reconstructions/<codec>)")
+    p.add_argument("--role", help="run directories: which codec role (default: the one the run trained)")
+    p.add_argument("--split", nargs="+", help="held-out splits, e.g. test photos recordings (default: the data set's own)")
+    p.add_argument("-n", type=int, default=16, help="items per split shown (and scored, except a run's own report, "
+                                                    "which scores eval.samples; default 16)")
+    p.add_argument("--files", nargs="+", help="your own images / audio files / text files instead of the data set")
+    p.set_defaults(func=cmd_reconstruct)
     return parser
 
 

@@ -160,15 +160,25 @@ class TrainConfig:
 
 @dataclasses.dataclass
 class DataConfig:
-    """The data: `gaussian_ring` (toy points with class labels, latentbridge.data.GaussianRing) or `text`
-    (real English from Debian packages, latentbridge.data.text)."""
+    """The data (latentbridge.data): `gaussian_ring` (toy points with class labels), `text` (real English
+    from Debian packages), `images` (emoji, emoji scenes and handwritten digits with captions) or `speech`
+    (words and names spoken by flite and espeak-ng, with their text)."""
 
-    name: Literal["gaussian_ring", "text"] = "gaussian_ring"
+    name: Literal["gaussian_ring", "text", "images", "speech"] = "gaussian_ring"
     """Dataset name."""
-    sources: list[str] = dataclasses.field(default_factory=lambda: ["wordnet", "fortunes"])
-    """text: corpora to draw from (wordnet, fortunes, pydoc); split 98/1/1 by a hash of each text."""
+    sources: list[str] | None = None
+    """Parts of the data set to draw from (null: all of them). text: wordnet, fortunes, pydoc (split 98/1/1
+    by a hash of each text); images: emoji, scenes, digits; speech: flite, espeak."""
     max_chars: int | None = 240
     """text: drop texts longer than this many characters (null keeps all; the codec cuts long ones)."""
+    image_size: int = 32
+    """images: side of the square images in pixels (32 or 64)."""
+    scenes: int = 4000
+    """images: compositional scenes rendered for training (held-out splits get 1/20 as many)."""
+    clips: int = 4000
+    """speech: clips synthesized in all (split 90/5/5 by a hash of the text)."""
+    sample_rate: int = 16000
+    """speech: Hz the clips are resampled to (match the audio codec's sample_rate)."""
     path: str | None = None
     """A safetensors file with `points` [N, 2] and `labels` [N] to train on instead of sampling the ring."""
     num_classes: int = 8

@@ -120,6 +120,13 @@ def load_texts(sources: Sequence[str], split: Split | Literal["all"] = "train", 
     return out
 
 
+def epoch_indices(n: int, seed: int, step: int, size: int) -> torch.Tensor:
+    """Indices of step `step`'s batch of `size` into a data set of n items: one seeded permutation per epoch."""
+    epoch, offset = divmod(step * size, n)
+    perms = [torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7_919 + epoch + e)) for e in range(-(-(offset + size) // n))]
+    return torch.cat(perms)[offset : offset + size]
+
+
 class TextBatches:
     """Deterministic batches of texts: step i always gives the same texts (a new permutation each epoch)."""
 
@@ -132,11 +139,7 @@ class TextBatches:
         return len(self.texts)
 
     def indices(self, step: int, size: int) -> torch.Tensor:
-        n = len(self.texts)
-        start = step * size
-        epoch, offset = divmod(start, n)
-        perms = [torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 7_919 + epoch + e)) for e in range(-(-(offset + size) // n))]
-        return torch.cat(perms)[offset : offset + size]
+        return epoch_indices(len(self.texts), self.seed, step, size)
 
     def __call__(self, step: int, size: int) -> list[str]:
         return [self.texts[i] for i in self.indices(step, size).tolist()]

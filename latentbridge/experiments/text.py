@@ -1,12 +1,8 @@
-"""Text experiments: held-out codec diagnostics and prompted generation through the prior.
+"""Text experiments: prompted generation through the prior (codec reports: latentbridge.experiments.codecs).
 
-    evaluate_codec(...)     a trained codec on held-out splits: its diagnostics (for the Text VAE:
-                            token / sequence reconstruction, the same under latent noise at t = 0.1 and
-                            0.25, rate, active channels), MiniLM similarity of (noisy) reconstructions to
-                            the originals, and prompt reconstruction by prompt-length parity
     evaluate_generation(...) prompts cut from held-out texts, continued block by block until [EOS]:
                             MiniLM similarity to the held-out rest, length, ended share, repetition
-Both write into the run directory (report.json, samples/).
+It writes into the run directory (report.json, samples/).
 """
 
 from __future__ import annotations
@@ -18,96 +14,12 @@ from typing import Any, Sequence
 
 import torch
 
-from latentbridge.codecs import Codec, Latents
 from latentbridge.config import ExperimentConfig
-from latentbridge.data.sources import field_for
-from latentbridge.evaluate.text import minilm_embed, minilm_similarity, repetition_rate
+from latentbridge.evaluate.text import minilm_similarity, repetition_rate
+from latentbridge.experiments.codecs import (  # noqa: F401  (re-exported: codec reports began here)
+    NOISE_LEVELS, _batches, _read_report, _write_report, codec_report, evaluate_codec, format_codec_report, noisy_reconstructions,
+)
 from latentbridge.pipeline import continue_items
-
-NOISE_LEVELS = (0.1, 0.25)
-
-
-def _batches(items: Sequence[Any], size: int):
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
-@torch.no_grad()
-def noisy_reconstructions(codec: Codec, items: Sequence[Any], t: float, generator: torch.Generator) -> list[Any]:
-    """Decode each item's latents after moving them to flow time t: z_t = (1 - t) z + t * noise (normalized units)."""
-    latents = codec.encode_items(items)
-    z = latents.values
-    if t > 0:
-        noise = torch.randn(z.shape, generator=generator, dtype=z.dtype).to(z.device)
-        z = ((1 - t) * z + t * noise) * latents.mask[..., None].to(z.dtype)
-    return codec.decode(Latents(latents.codec, z, latents.lengths))
-
-
-@torch.no_grad()
-def evaluate_codec(codec: Codec, splits: dict[str, Sequence[Any]], *, batch_size: int = 128, seed: int = 0,
-                   similarity: bool = True) -> dict[str, dict[str, float]]:
-    """Per split: the codec's diagnostics averaged over items, plus text-only extras."""
-    out: dict[str, dict[str, float]] = {}
-    for name, items in splits.items():
-        gen = torch.Generator().manual_seed(seed)
-        totals: dict[str, float] = {}
-        for chunk in _batches(list(items), batch_size):
-            for k, v in codec.diagnostics(codec.collate(chunk)).items():
-                totals[k] = totals.get(k, 0.0) + float(v) * len(chunk)
-        row = {k: v / len(items) for k, v in totals.items()}
-        if codec.modality == "text" and similarity:
-            originals = minilm_embed(list(items))
-            for t in (0.0, *NOISE_LEVELS):
-                recon = [r for chunk in _batches(list(items), batch_size) for r in noisy_reconstructions(codec, chunk, t, gen)]
-                key = "minilm_similarity" + ("" if t == 0 else f"_t{t:g}")
-                row[key] = float((minilm_embed(recon) * originals).sum(-1).mean())
-        if hasattr(codec, "prompt_diagnostics"):
-            row.update(codec.prompt_diagnostics(list(items), gen))
-        row["items"] = len(items)
-        out[name] = row
-    return out
-
-
-def codec_report(cfg: ExperimentConfig, run_dir: Path, codecs: dict[str, Codec], source: Any, role: str) -> dict[str, Any]:
-    """Evaluate the role's codec on the held-out splits and write report.json (merged into an existing one)."""
-    codec = codecs[role]
-    field = field_for(source, role, codec.modality)
-    n = cfg.eval.samples
-    splits = {"test": source.split("test", n)[field]}
-    if codec.modality == "text":
-        splits["pydoc (out of domain)"] = source.split("pydoc", n)[field]
-    start = time.perf_counter()
-    result = evaluate_codec(codec, splits, seed=cfg.seed)
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
-    codec_rows = [r for r in rows if r.get("stage") == "codec"]
-    report = _read_report(run_dir)
-    report.setdefault("codecs", {})[role] = {
-        "codec": codec.name, "config": codec.latent_spec.__dict__, "parameters": sum(p.numel() for p in codec.parameters()),
-        "train_steps": codec_rows[-1]["step"] + 1 if codec_rows else 0,
-        "train_s": codec_rows[-1]["elapsed_s"] if codec_rows else None,
-        "held_out": result, "eval_s": round(time.perf_counter() - start, 1),
-    }
-    _write_report(run_dir, report)
-    return report["codecs"][role]
-
-
-def _read_report(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "report.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _write_report(run_dir: Path, report: dict[str, Any]) -> None:
-    (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-
-
-def format_codec_report(role: str, entry: dict[str, Any]) -> str:
-    lines = [f"codec '{entry['codec']}' (role {role}): {entry['parameters']:,} parameters, {entry['train_steps']} steps "
-             f"in {entry['train_s']} s"]
-    for split, row in entry["held_out"].items():
-        lines.append(f"  {split}:")
-        lines += [f"    {k:<32} {v:.4f}" if isinstance(v, float) else f"    {k:<32} {v}" for k, v in row.items()]
-    return "\n".join(lines)
-
 
 # --------------------------------------------------------------------------------------------------
 # Generation

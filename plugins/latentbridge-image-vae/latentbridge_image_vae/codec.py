@@ -130,7 +130,7 @@ class ImageVAE(Codec):
             if isinstance(item, np.ndarray) and item.dtype == np.uint8:
                 if item.shape != (s, s, 3):
                     raise CodecOutputError(f"codec 'image-vae': item {i} is a uint8 image of shape {item.shape}; expected ({s}, {s}, 3)")
-                x = torch.from_numpy(item).permute(2, 0, 1).float() / 127.5 - 1.0
+                x = torch.tensor(item).permute(2, 0, 1).float() / 127.5 - 1.0  # a copy: cached arrays are read-only
             else:
                 x = torch.as_tensor(item, dtype=torch.float32)
                 if x.shape != (3, s, s):
