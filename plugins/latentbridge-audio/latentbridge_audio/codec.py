@@ -70,6 +70,13 @@ class AudioVAEConfig:
     """Weight of KL(q(z|x) || N(0, I)) per latent frame in the loss."""
     griffin_lim_iters: int = 32
     """Griffin-Lim iterations when decoding to a wave."""
+    gain_db: float = 6.0
+    """Codec training only: scale each clip by a random gain in [-gain_db, +gain_db] dB (0 disables)."""
+    noise_probability: float = 0.5
+    """Codec training only: chance of adding white noise to a clip (synthesized speech has digital silence;
+    real recordings have a noise floor)."""
+    noise_db: tuple[float, float] = (-70.0, -40.0)
+    """Codec training only: the added noise's RMS level, uniform in this range of dB re full scale."""
 
     def __post_init__(self) -> None:
         if self.downsample < 1 or self.downsample & (self.downsample - 1):
@@ -81,6 +88,8 @@ class AudioVAEConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.max_seconds <= 0 or (self.fixed_seconds is not None and self.fixed_seconds <= 0):
             raise ValueError("max_seconds and fixed_seconds must be positive")
+        if not 0 <= self.noise_probability <= 1 or self.gain_db < 0 or self.noise_db[0] > self.noise_db[1]:
+            raise ValueError("noise_probability must lie in [0, 1], gain_db be >= 0 and noise_db be (low, high)")
 
 
 @lru_cache(maxsize=8)
@@ -236,6 +245,23 @@ class AudioVAE(Codec):
         if self.config.fixed_seconds is not None:
             return F.pad(x[:n], (0, max(0, n - x.numel())))
         return x[:n]
+
+    def augment(self, items: Sequence[Any], generator: torch.Generator) -> list[Any]:
+        """While the codec itself trains: a random gain and, sometimes, a white-noise floor per clip. A frozen
+        codec (the prior stage) passes items through unchanged, so the prior models the data as it is."""
+        c = self.config
+        if not self.training or (c.gain_db == 0 and c.noise_probability == 0):
+            return list(items)
+        out = []
+        for i, item in enumerate(items):
+            x = self._wave(i, item)
+            u = torch.rand(3, generator=generator)
+            x = x * 10 ** (c.gain_db * (2 * float(u[0]) - 1) / 20)
+            if float(u[1]) < c.noise_probability:
+                level = 10 ** ((c.noise_db[0] + (c.noise_db[1] - c.noise_db[0]) * float(u[2])) / 20)
+                x = x + level * torch.randn(x.shape, generator=generator)
+            out.append(x.clamp(-1, 1).numpy())
+        return out
 
     def log_mel(self, wave: Tensor) -> Tensor:
         """Natural-log mel magnitudes [M, T] of one wave [L] (floored at LOG_FLOOR)."""

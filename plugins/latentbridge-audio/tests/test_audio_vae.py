@@ -81,6 +81,22 @@ def test_bad_items_are_refused_with_the_fix(item):
         AudioVAE(SMALL).collate([item])
 
 
+def test_augmentation_only_while_the_codec_trains():
+    codec = AudioVAE(SMALL)
+    silence = [np.zeros(8000, np.float32), 0.1 * np.ones(8000, np.float32)]
+    codec.train()
+    a = codec.augment(silence, torch.Generator().manual_seed(0))
+    b = codec.augment(silence, torch.Generator().manual_seed(0))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))  # drawn from the generator
+    noisy = [codec.augment(silence[:1], torch.Generator().manual_seed(s))[0] for s in range(20)]
+    rms = [float(np.sqrt((x**2).mean())) for x in noisy]
+    assert 0 < sum(r > 0 for r in rms) < 20 and max(rms) < 0.02  # some clips get a quiet noise floor
+    gains = [float(codec.augment(silence[1:], torch.Generator().manual_seed(s))[0].max()) for s in range(20)]
+    assert min(gains) < 0.1 < max(gains) and 0.05 < min(gains) and max(gains) < 0.2 + 0.05  # +-6 dB
+    frozen = codec.freeze().augment(silence, torch.Generator().manual_seed(0))
+    assert all(x is y for x, y in zip(frozen, silence))  # the prior stage sees the data as it is
+
+
 def test_long_clips_are_cut_to_max_seconds():
     codec = AudioVAE({**SMALL, "max_seconds": 1.0})
     batch = codec.collate([np.zeros(40000, np.float32)])
