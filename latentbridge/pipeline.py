@@ -244,3 +244,56 @@ def continue_items(
                      guidance_interval=guidance_interval, generator=generator, use_cache=use_cache, stop=stream.push,
                      on_block=on_block)
     return stream.items()
+
+
+class Pipeline:
+    """A trained run, ready to generate: `Pipeline.from_pretrained(run_dir).generate(...)`.
+
+        pipe = Pipeline.from_pretrained("runs/caption-to-image")
+        images = pipe.generate(conditions={"caption": ["a big owl", "a handwritten digit seven"]}, guidance=2.0, seed=0)
+        texts = Pipeline.from_pretrained("runs/text-prior").generate(prompts=["a small dog"])
+
+    Fixed-length targets (an image) are generated from the task's condition roles; text targets continue
+    `prompts` until their end marker. Deterministic under `seed`; batched; a progress bar with `progress`.
+    """
+
+    def __init__(self, cfg, codecs: dict, prior: BlockCausalDiT, layout: SequenceLayout) -> None:
+        self.cfg, self.codecs, self.prior, self.layout = cfg, codecs, prior, layout
+
+    @classmethod
+    def from_pretrained(cls, run_dir) -> Pipeline:
+        from latentbridge.experiments.common import load_run
+
+        cfg, codecs, prior, layout = load_run(run_dir)
+        return cls(cfg, codecs, prior, layout)
+
+    @property
+    def target(self) -> str:
+        return self.cfg.task.target
+
+    def generate(self, conditions: dict[str, Sequence] | None = None, *, prompts: Sequence | None = None, target: str | None = None,
+                 steps: int | None = None, guidance: float = 1.0, seed: int = 0, batch_size: int = 64,
+                 max_tokens: int | None = None, progress: bool = False) -> list:
+        """Generated items of the target role: one per condition item (or per prompt, for text targets)."""
+        from latentbridge.errors import ConfigError
+
+        if target is not None and target != self.target:
+            raise ConfigError(f"this run generates role '{self.target}', not '{target}' (its task: {self.cfg.task.cond} -> {self.target}).")
+        cfg = self.cfg
+        if steps is not None:
+            import copy
+
+            cfg = copy.deepcopy(cfg)
+            cfg.sampling.steps = steps
+        codec = self.codecs[self.target]
+        if prompts is not None or not codec.latent_spec.fixed:
+            if cfg.task.cond:
+                raise ConfigError("prompted continuation of a conditioned task is not supported yet; pass conditions.")
+            from latentbridge.experiments.text import generate_text
+
+            return generate_text(cfg, self.codecs, self.prior, self.layout, list(prompts or []), guidance=guidance, seed=seed,
+                                 batch_size=batch_size, max_tokens=max_tokens, progress=progress)
+        from latentbridge.experiments.multimodal import generate_items
+
+        return generate_items(cfg, self.codecs, self.prior, self.layout, conditions or {}, guidance=guidance, seed=seed,
+                              batch_size=batch_size, progress=progress)
