@@ -197,6 +197,24 @@ PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "rocket", "hubble_deep_fie
           "coins", "moon", "brick", "grass", "gravel", "clock", "page", "cell", "microaneurysms")
 
 
+def centre_square(img: np.ndarray) -> np.ndarray:
+    """Any image array (grey [H, W], RGB or RGBA [H, W, C]) -> its centred square crop as uint8 RGB."""
+    img = np.asarray(img)
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, -1)
+    img = img[..., :3].astype(np.uint8)
+    h, w = img.shape[:2]
+    s = min(h, w)
+    return img[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]
+
+
+def resize(img: np.ndarray, size: int) -> np.ndarray:
+    """uint8 RGB [H, W, 3] -> [size, size, 3] (Lanczos)."""
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(img).resize((size, size), Image.LANCZOS), dtype=np.uint8)
+
+
 def load_photos(size: int = 32) -> tuple[np.ndarray, list[str]]:
     """Real photographs bundled with scikit-image (no download) and scikit-learn, centre-cropped square and
     resized, plus the four corner quarter-crops of each: images uint8 [N, size, size, 3] and names."""
@@ -204,25 +222,19 @@ def load_photos(size: int = 32) -> tuple[np.ndarray, list[str]]:
         import skimage.data
     except ImportError:
         raise ConfigError("photos need the PyPI package scikit-image (`make setup` installs it).") from None
-    from PIL import Image
     from sklearn.datasets import load_sample_images
 
+    samples = load_sample_images()
     raw = [(name, getattr(skimage.data, name)()) for name in PHOTOS]
-    raw += [(f"sklearn {fname.rsplit('/', 1)[-1]}", img) for fname, img in zip(load_sample_images().filenames, load_sample_images().images)]
+    raw += [(f"sklearn {fname.rsplit('/', 1)[-1]}", img) for fname, img in zip(samples.filenames, samples.images)]
     images, names = [], []
     for name, img in raw:
-        img = np.asarray(img)
-        if img.ndim == 2:
-            img = np.repeat(img[..., None], 3, -1)
-        img = img[..., :3].astype(np.uint8)
-        h, w = img.shape[:2]
-        s = min(h, w)
-        square = img[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]
-        half = s // 2
+        square = centre_square(img)
+        half = square.shape[0] // 2
         crops = {"": square, " top left": square[:half, :half], " top right": square[:half, half:],
                  " bottom left": square[half:, :half], " bottom right": square[half:, half:]}
         for suffix, crop in crops.items():
-            images.append(np.asarray(Image.fromarray(crop).resize((size, size), Image.LANCZOS), dtype=np.uint8))
+            images.append(resize(np.ascontiguousarray(crop), size))
             names.append(name + suffix)
     return np.stack(images), names
 

@@ -192,14 +192,13 @@ def read_files(codec: Codec, files: Sequence[str]) -> list[Any]:
         if codec.modality == "image":
             from PIL import Image, UnidentifiedImageError
 
+            from latentbridge.data.images import centre_square, resize
+
             try:
-                img = Image.open(path).convert("RGB")
+                img = np.asarray(Image.open(path).convert("RGB"))
             except UnidentifiedImageError:
                 raise ConfigError(f"--files: {path} is not an image PIL can read") from None
-            s = min(img.size)
-            img = img.crop(((img.width - s) // 2, (img.height - s) // 2, (img.width + s) // 2, (img.height + s) // 2))
-            size = int(getattr(codec.config, "image_size", 32))
-            items.append(np.asarray(img.resize((size, size), Image.LANCZOS), dtype=np.uint8))
+            items.append(resize(centre_square(img), int(getattr(codec.config, "image_size", 32))))
         elif codec.modality == "audio":
             from latentbridge.data.speech import read_audio
 
