@@ -60,6 +60,12 @@ class CodecSlot:
     """Flow-time sampler of this role's blocks during prior training."""
     latents: Literal["mean", "sample"] = "sample"
     """Feed the prior the posterior mean or a posterior sample during training."""
+    steps: int | None = None
+    """Codec pre-stage (a codec without `pretrained` trains on its own loss before the prior): steps (null: train.codec_steps)."""
+    lr: float | None = None
+    """Codec pre-stage learning rate (null: train.codec_lr)."""
+    batch_size: int | None = None
+    """Codec pre-stage batch size (null: train.batch_size)."""
 
 
 @dataclasses.dataclass
@@ -88,6 +94,12 @@ class TaskConfig:
     """Roles given as clean `cond` segments, in sequence order."""
     target: str = ""
     """Role generated as the `target` segment."""
+    weight: float = 1.0
+    """In a mixture (`tasks`): this task's share of each training batch, relative to the other tasks' weights."""
+    data: str | None = None
+    """In a mixture: the data set its examples come from (`images`, `speech`, `text`; null: `data.name`)."""
+    sources: list[str] | None = None
+    """In a mixture: parts of that data set (null: `data.sources` when `data` is `data.name`, else all parts)."""
 
 
 @dataclasses.dataclass
@@ -212,7 +224,10 @@ class ExperimentConfig:
     codecs: dict[str, CodecSlot] = dataclasses.field(default_factory=dict)
     """Codecs by role name (e.g. `text`, `image`); each role is one segment type of the prior."""
     task: TaskConfig = dataclasses.field(default_factory=TaskConfig)
-    """Which roles condition and which is generated."""
+    """Which roles condition and which is generated (one task; for several, use `tasks`)."""
+    tasks: dict[str, TaskConfig] = dataclasses.field(default_factory=dict)
+    """A mixture of tasks by name (caption_to_image, image_to_caption, ...), each with its own layout, data
+    and weight; when set, `task` stays empty. See latentbridge.tasks."""
     prior: PriorSection = dataclasses.field(default_factory=PriorSection)
     """The block-causal DiT."""
     sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
@@ -226,9 +241,23 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         roles = set(self.codecs)
-        for role in [*self.task.cond, self.task.target, self.train.codec_role or ""]:
-            if role and role not in roles:
-                raise ValueError(f"task names role {role!r}, which is not under codecs (roles: {', '.join(sorted(roles)) or 'none'})")
+        if self.tasks and (self.task.target or self.task.cond):
+            raise ValueError("set either `task` (one task) or `tasks` (a mixture), not both; move the single task into `tasks`")
+        named = [("task", self.task), *((f"tasks.{n}", t) for n, t in self.tasks.items())]
+        for where, task in named:
+            for role in [*task.cond, task.target]:
+                if role and role not in roles:
+                    raise ValueError(f"{where} names role {role!r}, which is not under codecs (roles: {', '.join(sorted(roles)) or 'none'})")
+            if where != "task":
+                if not task.target:
+                    raise ValueError(f"{where}.target is empty: name the role the task generates")
+                if task.target in task.cond:
+                    raise ValueError(f"{where}: role {task.target!r} is both a condition and the target")
+                if not task.weight > 0:
+                    raise ValueError(f"{where}.weight must be > 0, got {task.weight}")
+        if self.train.codec_role and self.train.codec_role not in roles:
+            raise ValueError(f"train.codec_role names role {self.train.codec_role!r}, which is not under codecs "
+                             f"(roles: {', '.join(sorted(roles)) or 'none'})")
 
 
 # --------------------------------------------------------------------------------------------------

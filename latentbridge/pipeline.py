@@ -249,12 +249,16 @@ def continue_items(
 class Pipeline:
     """A trained run, ready to generate: `Pipeline.from_pretrained(run_dir).generate(...)`.
 
-        pipe = Pipeline.from_pretrained("runs/caption-to-image")
-        images = pipe.generate(conditions={"caption": ["a big owl", "a handwritten digit seven"]}, guidance=2.0, seed=0)
-        texts = Pipeline.from_pretrained("runs/text-prior").generate(prompts=["a small dog"])
+        pipe = Pipeline.from_pretrained("runs/joint")
+        images = pipe.generate({"text": ["a big owl", "a handwritten digit seven"]}, target="image", guidance=2.0, seed=0)
+        captions = pipe.generate({"image": images}, target="text")
+        waves = pipe.generate({"text": ["harbour", "Oslo"]}, target="speech")        # 16 kHz float32 numpy
+        words = pipe.generate({"speech": waves}, target="text")
+        more = pipe.generate(prompts=["a small dog"], target="text")                  # text continuation
 
-    Fixed-length targets (an image) are generated from the task's condition roles; text targets continue
-    `prompts` until their end marker. Deterministic under `seed`; batched; a progress bar with `progress`.
+    The conditions (role -> items) and the target pick one of the run's tasks (`pipe.tasks`). Fixed-length
+    targets are generated to their length; text continues each prompt (or starts from nothing) until its
+    end marker. Deterministic under `seed`; batched (`batch_size`); a progress bar with `progress`.
     """
 
     def __init__(self, cfg, codecs: dict, prior: BlockCausalDiT, layout: SequenceLayout) -> None:
@@ -268,32 +272,33 @@ class Pipeline:
         return cls(cfg, codecs, prior, layout)
 
     @property
+    def tasks(self) -> list:
+        """The run's tasks (latentbridge.tasks.Task): what it can generate from what."""
+        from latentbridge.tasks import tasks_of
+
+        return tasks_of(self.cfg)
+
+    @property
     def target(self) -> str:
-        return self.cfg.task.target
+        """The generated role when the run has one task (else the first task's)."""
+        return self.tasks[0].target
 
     def generate(self, conditions: dict[str, Sequence] | None = None, *, prompts: Sequence | None = None, target: str | None = None,
                  steps: int | None = None, guidance: float = 1.0, seed: int = 0, batch_size: int = 64,
                  max_tokens: int | None = None, progress: bool = False) -> list:
         """Generated items of the target role: one per condition item (or per prompt, for text targets)."""
         from latentbridge.errors import ConfigError
+        from latentbridge.experiments.multimodal import generate
 
-        if target is not None and target != self.target:
-            raise ConfigError(f"this run generates role '{self.target}', not '{target}' (its task: {self.cfg.task.cond} -> {self.target}).")
+        unknown = [r for r in (conditions or {}) if r not in self.codecs]
+        if unknown:
+            raise ConfigError(f"conditions name role(s) {', '.join(unknown)}, which this run does not have "
+                              f"(roles: {', '.join(self.codecs)}).")
         cfg = self.cfg
         if steps is not None:
             import copy
 
             cfg = copy.deepcopy(cfg)
             cfg.sampling.steps = steps
-        codec = self.codecs[self.target]
-        if prompts is not None or not codec.latent_spec.fixed:
-            if cfg.task.cond:
-                raise ConfigError("prompted continuation of a conditioned task is not supported yet; pass conditions.")
-            from latentbridge.experiments.text import generate_text
-
-            return generate_text(cfg, self.codecs, self.prior, self.layout, list(prompts or []), guidance=guidance, seed=seed,
-                                 batch_size=batch_size, max_tokens=max_tokens, progress=progress)
-        from latentbridge.experiments.multimodal import generate_items
-
-        return generate_items(cfg, self.codecs, self.prior, self.layout, conditions or {}, guidance=guidance, seed=seed,
-                              batch_size=batch_size, progress=progress)
+        return generate(cfg, self.codecs, self.prior, self.layout, conditions, target=target, prompts=prompts, guidance=guidance,
+                        seed=seed, batch_size=batch_size, max_tokens=max_tokens, progress=progress)

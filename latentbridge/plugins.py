@@ -94,10 +94,11 @@ class CodecRegistry:
         """Build codec `name` from its config dataclass, a dict of its fields, or defaults."""
         return self.get(name)(config)
 
-    def load(self, directory: str | os.PathLike) -> Codec:
-        """Load a codec saved with save_pretrained, picking the class by the saved name."""
+    def load(self, directory: str | os.PathLike, overrides: dict[str, Any] | None = None) -> Codec:
+        """Load a codec saved with save_pretrained, picking the class by the saved name (`overrides`: config
+        fields to change that keep the weights' shapes)."""
         meta = Codec.read_meta(directory)
-        return self.get(meta["codec"]).from_pretrained(Path(directory))
+        return self.get(meta["codec"]).from_pretrained(Path(directory), overrides)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -239,5 +240,6 @@ def resolve_codec_configs(cfg: Any, reg: CodecRegistry | None = None) -> dict[st
         except UnknownCodecError as err:
             raise UnknownCodecError(f"codecs.{role}.codec: {err}") from None
         resolved[role] = from_dict(cls.config_class, slot.config, path=f"codecs.{role}.config")
-        slot.config = to_dict(resolved[role])
+        if not getattr(slot, "pretrained", None):  # a pretrained codec's config comes from its directory; keep the overrides only
+            slot.config = to_dict(resolved[role])
     return resolved

@@ -318,8 +318,11 @@ class Codec(nn.Module):
         return meta
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike) -> Codec:
-        """Rebuild the codec saved in `directory` (its class must match; see plugins.load_codec for any)."""
+    def from_pretrained(cls, directory: str | os.PathLike, overrides: dict[str, Any] | None = None) -> Codec:
+        """Rebuild the codec saved in `directory` (its class must match; see plugins.load_codec for any).
+
+        `overrides` changes config fields that leave the weights' shapes alone (e.g. an audio codec's
+        `fixed_seconds`); a field that changes them fails the strict weight load with a clear error."""
         directory = Path(directory)
         meta = cls.read_meta(directory)
         if meta["codec"] != cls.name:
@@ -333,6 +336,8 @@ class Codec(nn.Module):
             raise CheckpointError(
                 f"{directory / CONFIG_FILE}: the saved config no longer fits {cls.__name__}'s config: {err}"
             ) from None
+        if overrides:
+            config = from_dict(cls.config_class, {**to_dict(config), **overrides}, path="config")
         codec = cls.build_for_directory(config, directory)
         weights = directory / WEIGHTS_FILE
         if not weights.is_file():

@@ -22,21 +22,29 @@ from latentbridge.errors import CheckpointError, ConfigError
 from latentbridge.plugins import CodecRegistry, registry as default_registry, resolve_codec_configs
 from latentbridge.prior import BlockCausalDiT
 from latentbridge.sequence import SequenceLayout
+from latentbridge.tasks import TaskBatch, TaskMixture, tasks_of
 from latentbridge.train.latent_cache import LatentCache
 from latentbridge.train.trainer import Trainer, experiment_prior_config
 
 
-def build_codecs(cfg: ExperimentConfig, reg: CodecRegistry, source: Any) -> dict[str, Codec]:
+def build_codecs(cfg: ExperimentConfig, reg: CodecRegistry, source: Any = None) -> dict[str, Codec]:
+    """Each role's codec: loaded from `pretrained` (with `config` fields changed on top, weights kept) or built new.
+
+    With `source`, every role is checked to have a field of its codec's modality in that data."""
     configs = resolve_codec_configs(cfg, reg)
     codecs = {}
     for role, slot in cfg.codecs.items():
-        field_for(source, role, reg.get(slot.codec).modality)
+        if source is not None:
+            field_for(source, role, reg.get(slot.codec).modality)
         if slot.pretrained:
-            codec = reg.load(slot.pretrained)
-            if codec.name != slot.codec:
-                raise ConfigError(f"codecs.{role}.pretrained: {slot.pretrained} holds codec '{codec.name}', but codecs.{role}.codec "
+            meta = Codec.read_meta(slot.pretrained)
+            if meta["codec"] != slot.codec:
+                raise ConfigError(f"codecs.{role}.pretrained: {slot.pretrained} holds codec '{meta['codec']}', but codecs.{role}.codec "
                                   f"is '{slot.codec}'. Make them agree.")
-            codecs[role] = codec
+            try:
+                codecs[role] = reg.load(slot.pretrained, slot.config or None)
+            except ConfigError as err:
+                raise ConfigError(f"codecs.{role}.config on top of {slot.pretrained}: {err}") from None
         else:
             codecs[role] = reg.get(slot.codec)(configs[role])
     return codecs
@@ -51,31 +59,66 @@ def role_items(codecs: dict[str, Codec], raw: dict[str, list], source: Any, gen:
     return out
 
 
+def _role_field(parts: list, mix: TaskMixture, role: str, codec: Codec) -> list:
+    """The items of `role` gathered over a mixture's parts [(task, raw by field)]."""
+    out: list = []
+    for task, raw in parts:
+        out += raw[field_for(mix.source(task), role, codec.modality)]
+    return out
+
+
 def train(cfg: ExperimentConfig, run_dir: str | Path, *, reg: CodecRegistry | None = None, resume: bool = False,
           init_from: str | Path | None = None, progress: bool = True):
     """Codec pre-stage for trainable codecs without weights, then the configured stage, through the Trainer.
 
-    Returns (codecs, prior with EMA weights or None, layout or None).
+    One `task` reads `data`; a `tasks` mixture draws each batch from its tasks' data sets by weight
+    (latentbridge.tasks). Returns (codecs, prior with EMA weights or None, layout or None).
     """
     run_dir = Path(run_dir)
     reg = reg or default_registry()
-    if not cfg.task.target:
-        raise ConfigError("task.target is empty: name the role to generate (e.g. --task.target=point).")
+    tasks = tasks_of(cfg)
     torch.manual_seed(cfg.seed)
-    source = make_source(cfg.data, cfg.seed)
-    codecs = build_codecs(cfg, reg, source)
+    mixture = bool(cfg.tasks)
+    if mixture:
+        mix = TaskMixture(tasks, cfg.seed)
+        codecs = build_codecs(cfg, reg)
+        mix.check_fields({r: c.modality for r, c in codecs.items()})
+        unused = [r for r in codecs if not any(r in t.roles for t in tasks)]
+        if unused:
+            raise ConfigError(f"codecs {', '.join(unused)} are in no task of the mixture; use them in a task or remove them.")
+        source = None
+    else:
+        source = make_source(cfg.data, cfg.seed)
+        codecs = build_codecs(cfg, reg, source)
 
-    def batches(step: int, size: int, gen: torch.Generator) -> dict[str, Any]:
+    def batches(step: int, size: int, gen: torch.Generator) -> dict[str, Any] | TaskBatch:
+        if mixture:
+            return TaskBatch([(t, role_items({r: codecs[r] for r in t.roles}, raw, mix.source(t), gen))
+                              for t, raw in mix.batch(step, size, gen)])
         return role_items(codecs, source.batch(step, size, gen), source, gen)
+
+    def codec_batches(role: str):
+        if not mixture:
+            return batches
+        codec = codecs[role]
+
+        def fn(step: int, size: int, gen: torch.Generator) -> dict[str, Any]:
+            items = _role_field(mix.role_batch(role, step, size, gen), mix, role, codec)
+            return {role: codec.collate(codec.augment(items, gen))}
+        return fn
 
     stage = cfg.train.stage
     own = (cfg.train.codec_role or cfg.task.target) if stage in ("codec", "joint") else None
+    if stage in ("codec", "joint") and not own:
+        raise ConfigError(f"train.stage={stage} trains one codec: set train.codec_role to its role.")
 
     def finish_codec(role: str) -> None:  # fit the stats of a codec trained here, keep it in the run directory
         codec = codecs[role]
         if not cfg.codecs[role].pretrained:
-            raw = source.stats_sample(4096)
-            items = raw[field_for(source, role, codec.modality)]
+            if mixture:
+                items = _role_field(mix.stats_sample(role, 4096), mix, role, codec)
+            else:
+                items = source.stats_sample(4096)[field_for(source, role, codec.modality)]
             codec.fit_stats([codec.collate(items[i : i + 256]) for i in range(0, len(items), 256)])
         codec.save_pretrained(run_dir / "codecs" / role)
 
@@ -86,13 +129,19 @@ def train(cfg: ExperimentConfig, run_dir: str | Path, *, reg: CodecRegistry | No
             continue
         if role == own and stage == "codec":
             continue
-        if codec.trainable and not cfg.codecs[role].pretrained and cfg.train.codec_steps:
-            Trainer(cfg, run_dir, codecs, batches, stage="codec", role=role, steps=cfg.train.codec_steps, lr=cfg.train.codec_lr,
-                    progress=False, checkpoints=False).fit()
+        slot = cfg.codecs[role]
+        steps = cfg.train.codec_steps if slot.steps is None else slot.steps
+        if codec.trainable and not slot.pretrained and steps:
+            Trainer(cfg, run_dir, codecs, codec_batches(role), stage="codec", role=role, steps=steps,
+                    lr=slot.lr or cfg.train.codec_lr, batch_size=slot.batch_size, progress=progress and mixture,
+                    checkpoints=False).fit()
         codec.freeze()
         finish_codec(role)
     caches = {}
     if cfg.train.cache_latents and stage != "codec":
+        if mixture:
+            raise ConfigError("train.cache_latents works for one `task`; a task mixture encodes its items each step. "
+                              "Set train.cache_latents=false.")
         if not source.finite:
             raise ConfigError("train.cache_latents needs a fixed data set: set data.path (the ring is sampled afresh each step).")
         if any(type(c).augment is not Codec.augment for r, c in codecs.items() if r != own):
@@ -104,14 +153,15 @@ def train(cfg: ExperimentConfig, run_dir: str | Path, *, reg: CodecRegistry | No
                 caches[role] = LatentCache.build_or_load(root, role, codec, source.key(), len(source),
                                                          lambda idx, r=role: role_items({r: codecs[r]}, source.items_at(idx), source)[r])
 
-    def cached_batches(step: int, size: int, gen: torch.Generator) -> dict[str, Any]:
+    def cached_batches(step: int, size: int, gen: torch.Generator) -> dict[str, Any] | TaskBatch:
         items = batches(step, size, gen)
         if caches:
             idx = source.indices(step, size)
             items.update({role: cache.posterior(idx) for role, cache in caches.items()})
         return items
 
-    trainer = Trainer(cfg, run_dir, codecs, cached_batches, resume=resume, init_from=init_from, progress=progress)
+    main_batches = codec_batches(own) if stage == "codec" else cached_batches
+    trainer = Trainer(cfg, run_dir, codecs, main_batches, resume=resume, init_from=init_from, progress=progress)
     trainer.fit()
     weights = trainer.ema_weights()
     if own is not None:

@@ -31,34 +31,69 @@ from latentbridge.sequence import Segment
 
 
 @torch.no_grad()
-def generate_items(cfg: ExperimentConfig, codecs, prior, layout, conditions: dict[str, Sequence[Any]], *,
-                   guidance: float = 1.0, seed: int = 0, batch_size: int = 64, progress: bool = False) -> list[Any]:
-    """Generate one target item per example from the given condition items (one list per cond role, in the
-    task's order). The target codec must have a fixed number of tokens per item (an image, fixed-length audio)."""
+def generate(cfg: ExperimentConfig, codecs, prior, layout, conditions: dict[str, Sequence[Any]] | None = None, *,
+             target: str | None = None, prompts: Sequence[Any] | None = None, guidance: float = 1.0, seed: int = 0,
+             batch_size: int = 64, max_tokens: int | None = None, progress: bool = False) -> list[Any]:
+    """Items of the target role, one per example, from the condition items of one of the run's tasks.
+
+    `conditions` maps each cond role of the task to its items (one list per role, same length); the task
+    is the one with those cond roles and `target` (see latentbridge.tasks.find_task). Fixed-length targets
+    (an image, fixed-length audio) are generated block by block to their length; variable-length targets
+    (text) until their end marker or `max_tokens` latents, each continuing its `prompts` item if given.
+    Guided by `guidance`, deterministic under `seed`, in batches of `batch_size`."""
     from tqdm.auto import tqdm
 
-    target = cfg.task.target
-    spec = codecs[target].latent_spec
-    if not spec.fixed:
-        raise ConfigError(f"generate_items: the target codec '{codecs[target].name}' has variable-length items; "
-                          "use latentbridge sample's text continuation for it.")
-    missing = [r for r in cfg.task.cond if r not in conditions]
-    if missing:
-        raise ConfigError(f"conditions for role(s) {', '.join(missing)} are missing (the task conditions on {cfg.task.cond}).")
-    n = len(next(iter(conditions.values()))) if conditions else 0
+    from latentbridge.tasks import find_task, tasks_of
+
+    conditions = dict(conditions or {})
+    task = find_task(tasks_of(cfg), list(conditions), target)
+    codec = codecs[task.target]
+    spec = codec.latent_spec
+    sizes = {r: len(v) for r, v in conditions.items()}
+    if prompts is not None:
+        sizes["prompts"] = len(prompts)
+    if not sizes:
+        raise ConfigError(f"generate: task {task.name} ({task.direction}) needs items to start from: pass its conditions or prompts.")
+    if len(set(sizes.values())) != 1:
+        raise ConfigError(f"generate: conditions and prompts must have one item per example each, got {sizes}")
+    if prompts is not None and spec.fixed:
+        raise ConfigError(f"generate: '{codec.name}' items have a fixed length and cannot be continued from prompts; pass conditions.")
+    n = next(iter(sizes.values()))
     s = cfg.sampling
     gen = torch.Generator().manual_seed(seed)
     out: list[Any] = []
-    for start in tqdm(range(0, n, batch_size), desc="generate", disable=not progress, dynamic_ncols=True):
-        chunk = {r: list(conditions[r][start : start + batch_size]) for r in cfg.task.cond}
-        size = len(next(iter(chunk.values())))
-        lat = {r: codecs[r].encode_items(chunk[r]).unbind() for r in cfg.task.cond}
-        prompts = [[Segment(r, lat[r][i], "cond") for r in cfg.task.cond] for i in range(size)]
-        z = generate_latents(prior, layout, prompts, target, spec.tokens_per_item, steps=s.steps, solver=s.solver,
-                             shift=s.shift, guidance=guidance, guidance_interval=s.guidance_interval, generator=gen)
-        values = torch.stack(z)
-        out += codecs[target].decode(Latents(codecs[target].name, values, torch.full((size,), values.shape[1])))
+    for start in tqdm(range(0, n, batch_size), desc=f"generate {task.target}", disable=not progress, dynamic_ncols=True):
+        stop_at = min(n, start + batch_size)
+        size = stop_at - start
+        lat = {r: codecs[r].encode_items(list(conditions[r][start:stop_at])).unbind() for r in task.cond}
+        context = [[Segment(r, lat[r][i], "cond") for r in task.cond] for i in range(size)]
+        kw = dict(steps=s.steps, solver=s.solver, shift=s.shift, guidance=guidance, guidance_interval=s.guidance_interval, generator=gen)
+        if spec.fixed:
+            z = generate_latents(prior, layout, context, task.target, spec.tokens_per_item, **kw)
+            values = torch.stack(z)
+            out += codec.decode(Latents(codec.name, values, torch.full((size,), values.shape[1])))
+            continue
+        if prompts is not None:
+            prefix = codec.encode_prompt(list(prompts[start:stop_at]))
+        else:  # from nothing: the decoder starts with an empty prefix
+            prefix = Latents(codec.name, torch.zeros(size, 0, spec.dim), torch.zeros(size, dtype=torch.long))
+        stream = codec.decoder_stream(prefix)
+        examples = [ctx + ([Segment(task.target, z, "target")] if len(z) else []) for ctx, z in zip(context, prefix.unbind())]
+        limit = max_tokens or spec.max_tokens or 4 * spec.block_size
+        generate_latents(prior, layout, examples, task.target, limit, stop=stream.push, **kw)
+        out += stream.items()
     return out
+
+
+def generate_items(cfg: ExperimentConfig, codecs, prior, layout, conditions: dict[str, Sequence[Any]], *,
+                   guidance: float = 1.0, seed: int = 0, batch_size: int = 64, progress: bool = False) -> list[Any]:
+    """Fixed-length target items from condition items (`generate` for the run's one task)."""
+    target = cfg.task.target or None
+    if target is not None and not codecs[target].latent_spec.fixed:
+        raise ConfigError(f"generate_items: the target codec '{codecs[target].name}' has variable-length items; "
+                          "use latentbridge sample's text continuation for it.")
+    return generate(cfg, codecs, prior, layout, conditions, target=target, guidance=guidance, seed=seed, batch_size=batch_size,
+                    progress=progress)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -136,6 +171,50 @@ class DigitClassifier(nn.Module):
         return model.eval(), acc
 
 
+class SceneChecker:
+    """Whether the emoji a scene caption names appear where it says: each named object's box (from the
+    scene's recorded layout) is matched against the 32 scene-vocabulary emoji drawn at that size; an object
+    counts when its own emoji is the nearest, a scene when all of its objects do."""
+
+    def __init__(self, size: int = 32) -> None:
+        from latentbridge.data.images import SCENE_VOCABULARY
+
+        self.size, self.names = size, list(SCENE_VOCABULARY)
+        self._refs: dict[float, Tensor] = {}
+
+    def _box(self, x: float, y: float, side: float) -> tuple[int, int, int, int]:
+        s = self.size
+        half = side * s / 2
+        return (max(0, round(y * s - half)), min(s, round(y * s + half)), max(0, round(x * s - half)), min(s, round(x * s + half)))
+
+    def _feature(self, image: np.ndarray, box: tuple[int, int, int, int]) -> Tensor:
+        y0, y1, x0, x1 = box
+        crop = torch.as_tensor(np.ascontiguousarray(image[y0:y1, x0:x1])).permute(2, 0, 1).float()[None] / 255.0
+        f = F.interpolate(crop, size=(8, 8), mode="area").flatten()
+        return F.normalize(f - f.mean(), dim=0)
+
+    def _references(self, side: float) -> Tensor:
+        if side not in self._refs:
+            from latentbridge.data.images import Scene, SceneObject, render_scene
+
+            box = self._box(0.5, 0.5, side)
+            self._refs[side] = torch.stack([self._feature(render_scene(Scene((SceneObject(n, 0.5, 0.5, side),), n), self.size), box)
+                                            for n in self.names])
+        return self._refs[side]
+
+    def check(self, images: Sequence[np.ndarray], scenes: Sequence[Any]) -> tuple[list[bool], list[bool]]:
+        """(per object: its emoji is nearest in its box, per scene: all of them are)."""
+        objects, whole = [], []
+        for image, scene in zip(images, scenes):
+            ok = []
+            for o in scene.objects:
+                f = self._feature(image, self._box(o.x, o.y, o.size))
+                ok.append(self.names[int((self._references(o.size) @ f).argmax())] == o.name)
+            objects += ok
+            whole.append(all(ok))
+        return objects, whole
+
+
 # --------------------------------------------------------------------------------------------------
 # Caption -> image
 # --------------------------------------------------------------------------------------------------
@@ -162,6 +241,7 @@ def caption_grid(images: Sequence[np.ndarray], captions: Sequence[str], path: Pa
     for ax in axes.flat:
         ax.axis("off")
     for ax, img, cap in zip(axes.flat, images, captions):
+        cap = "".join(ch if ch.isprintable() else "?" for ch in cap)  # generated text may hold control characters
         ax.imshow(img)
         ax.set_title(cap if len(cap) <= 22 else cap[:20] + "…", fontsize=6)
     fig.tight_layout()
@@ -172,49 +252,73 @@ def caption_grid(images: Sequence[np.ndarray], captions: Sequence[str], path: Pa
 
 
 def evaluate_caption_to_image(cfg: ExperimentConfig, run_dir: Path, codecs, prior, layout, *, samples: int | None = None,
-                              guidance_scales: Sequence[float] | None = None, progress: bool = True) -> dict[str, Any]:
-    """Emoji retrieval (seen and held-out names) and digit accuracy across guidance scales, with shuffled-caption
-    controls; writes samples/caption_to_image_g<scale>.png and report.json["caption_to_image"]."""
+                              guidance_scales: Sequence[float] | None = None, progress: bool = True, task=None,
+                              report_key: str | None = "caption_to_image") -> dict[str, Any]:
+    """Emoji retrieval (seen and held-out names), digit accuracy and scene arrangement (held-out combinations)
+    across guidance scales, each with shuffled captions as the control; writes samples/<task>_*_g<scale>.png
+    and report.json[report_key] (none when report_key is None)."""
     from latentbridge.data.emoji import load_emoji
-    from latentbridge.data.images import DIGIT_NAMES
+    from latentbridge.data.images import DIGIT_NAMES, load_scenes
+    from latentbridge.tasks import find_task, tasks_of
 
-    (caption_role,) = cfg.task.cond
-    size = int(getattr(codecs[cfg.task.target].config, "image_size", 32))
+    task = task or find_task(tasks_of(cfg), None, cfg.task.target or None)
+    (caption_role,) = task.cond
+    image_role = task.target
+    size = int(getattr(codecs[image_role].config, "image_size", 32))
     n = samples or min(cfg.eval.samples, 400)
     start = time.perf_counter()
     retrieval = EmojiRetrieval(size)
     classifier, classifier_acc = DigitClassifier.train_on_digits(size)
+    checker = SceneChecker(size)
     _, seen = load_emoji(size, "train")
     _, unseen = load_emoji(size, "test")
     pick = torch.randperm(len(seen), generator=torch.Generator().manual_seed(cfg.seed))[:n].tolist()
     sets = {"emoji (seen names)": [seen[i] for i in pick], "emoji (held-out names)": unseen[: max(1, n // 4)]}
     digit_labels = [i % 10 for i in range(max(10, n // 4))]
     digit_captions = [f"a handwritten digit {DIGIT_NAMES[d]}" for d in digit_labels]
-    rows: dict[str, Any] = {"digit_classifier_test_accuracy": classifier_acc}
+    real_scenes, scene_captions, scene_truth = load_scenes(size, "test", max(8, n // 4))
+    multi = [i for i, sc in enumerate(scene_truth) if len(sc.objects) > 1]  # held-out combinations of 2-3 emoji
+    scene_captions, scene_truth = [scene_captions[i] for i in multi], [scene_truth[i] for i in multi]
+    _, real_ok = checker.check([real_scenes[i] for i in multi], scene_truth)
+    rows: dict[str, Any] = {"digit_classifier_test_accuracy": classifier_acc,
+                            "scene_checker_accuracy_on_real_scenes": float(np.mean(real_ok)) if real_ok else float("nan")}
+    name = task.name
+
+    def gen(captions: list[str], g: float) -> list[np.ndarray]:
+        return generate(cfg, codecs, prior, layout, {caption_role: captions}, target=image_role, guidance=g, seed=cfg.seed,
+                        progress=progress)
+
     for g in guidance_scales or cfg.eval.guidance_scales:
         row: dict[str, float] = {}
         for label, names in sets.items():
             for control, order in (("", list(range(len(names)))), ("shuffled ", _shuffled(len(names), cfg.seed + 1))):
-                images = generate_items(cfg, codecs, prior, layout, {caption_role: [names[i] for i in order]}, guidance=g,
-                                        seed=cfg.seed, progress=progress)
+                images = gen([names[i] for i in order], g)
                 ranks = retrieval.ranks(images, names)
                 row[f"{control}{label} top1"] = float((ranks < 1).float().mean())
                 row[f"{control}{label} top5"] = float((ranks < 5).float().mean())
                 if not control and label.endswith("(seen names)"):
-                    caption_grid(images[:32], names[:32], run_dir / "samples" / f"caption_to_image_emoji_g{g:g}.png")
+                    caption_grid(images[:32], names[:32], run_dir / "samples" / f"{name}_emoji_g{g:g}.png")
         for control, order in (("", list(range(len(digit_labels)))), ("shuffled ", _shuffled(len(digit_labels), cfg.seed + 2))):
-            images = generate_items(cfg, codecs, prior, layout, {caption_role: [digit_captions[i] for i in order]}, guidance=g,
-                                    seed=cfg.seed, progress=progress)
+            images = gen([digit_captions[i] for i in order], g)
             row[f"{control}digit accuracy"] = float((classifier.predict(images) == torch.tensor(digit_labels)).float().mean())
             if not control:
-                caption_grid(images[:20], digit_captions[:20], run_dir / "samples" / f"caption_to_image_digits_g{g:g}.png", per_row=10)
+                caption_grid(images[:20], digit_captions[:20], run_dir / "samples" / f"{name}_digits_g{g:g}.png", per_row=10)
+        if scene_truth:
+            for control, order in (("", list(range(len(scene_truth)))), ("shuffled ", _shuffled(len(scene_truth), cfg.seed + 3))):
+                images = gen([scene_captions[i] for i in order], g)
+                objects, whole = checker.check(images, scene_truth)
+                row[f"{control}scene arrangement"] = float(np.mean(whole))
+                row[f"{control}scene objects placed"] = float(np.mean(objects))
+                if not control:
+                    caption_grid(images[:16], scene_captions[:16], run_dir / "samples" / f"{name}_scenes_g{g:g}.png")
         rows[f"guidance {g:g}"] = row
     rows["eval_s"] = round(time.perf_counter() - start, 1)
-    rows["items"] = {k: len(v) for k, v in sets.items()} | {"digits": len(digit_labels)}
-    path = run_dir / "report.json"
-    report = json.loads(path.read_text()) if path.is_file() else {}
-    report["caption_to_image"] = rows
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    rows["items"] = {k: len(v) for k, v in sets.items()} | {"digits": len(digit_labels), "scenes (held-out combinations)": len(scene_truth)}
+    if report_key:
+        path = run_dir / "report.json"
+        report = json.loads(path.read_text()) if path.is_file() else {}
+        report[report_key] = rows
+        path.write_text(json.dumps(report, indent=2) + "\n")
     return rows
 
 

@@ -39,7 +39,8 @@ from latentbridge.errors import CheckpointError, ConfigError, LatentbridgeError
 from latentbridge.flow import make_time_sampler
 from latentbridge.plugins import provider_of
 from latentbridge.prior import BlockCausalDiT, prior_config
-from latentbridge.sequence import SequenceLayout, drop_conditions, task_examples
+from latentbridge.sequence import SequenceLayout, drop_conditions
+from latentbridge.tasks import TaskBatch, tasks_of
 from latentbridge.train.checkpoint import clean_partial, latest_checkpoint, load_checkpoint, save_checkpoint
 from latentbridge.train.objective import draw_noise, prior_loss
 
@@ -88,23 +89,30 @@ class StageLoss(nn.Module):
             for r, s in cfg.codecs.items()
         }
         self.codecs = codecs
+        self.tasks = tasks_of(cfg) if stage != "codec" else []
+        if stage == "joint" and len(self.tasks) > 1:
+            raise ConfigError("train.stage=joint trains one codec with the prior on one task; a task mixture trains with "
+                              "train.stage=prior (frozen codecs). Use stage prior, or one `task`.")
 
-    def forward(self, items: dict[str, Any], rank_slice: slice, gen: torch.Generator) -> dict[str, Tensor]:
+    def _latents(self, role: str, batch: Any, gen: torch.Generator) -> list[Tensor]:
+        sample = self.cfg.codecs[role].latents == "sample"
+        grad = self.stage == "joint" and role == self.role
+        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            if isinstance(batch, Posterior):  # from a latent cache
+                enc = self.codecs[role].latents_from_posterior(batch, sample=sample, generator=gen)
+            else:
+                enc = self.codecs[role].encode(batch, sample=sample, generator=gen)
+        return [v.float() for v in enc.unbind()]  # flow targets in fp32, also when the codec ran under autocast
+
+    def forward(self, items: dict[str, Any] | TaskBatch, rank_slice: slice, gen: torch.Generator) -> dict[str, Tensor]:
         if self.stage == "codec":
             return self.codecs[self.role].loss(_take(items[self.role], rank_slice))
         cfg = self.cfg
-        roles = [*cfg.task.cond, cfg.task.target]
-        latents = {}
-        for r in roles:  # the global batch, so every process draws the same posterior samples
-            sample = cfg.codecs[r].latents == "sample"
-            grad = self.stage == "joint" and r == self.role
-            with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
-                if isinstance(items[r], Posterior):  # from a latent cache
-                    enc = self.codecs[r].latents_from_posterior(items[r], sample=sample, generator=gen)
-                else:
-                    enc = self.codecs[r].encode(items[r], sample=sample, generator=gen)
-                latents[r] = [v.float() for v in enc.unbind()]  # flow targets in fp32, also when the codec ran under autocast
-        examples = drop_conditions(task_examples(cfg.task.cond, cfg.task.target, latents), cfg.train.cond_dropout, gen)
+        parts = items.parts if isinstance(items, TaskBatch) else [(self.tasks[0], items)]
+        examples = []
+        for task, batch in parts:  # the global batch, so every process draws the same posterior samples
+            examples += task.examples({r: self._latents(r, batch[r], gen) for r in task.roles})
+        examples = drop_conditions(examples, cfg.train.cond_dropout, gen)
         noise = draw_noise(examples, self.layout, self.samplers, gen)
         out = prior_loss(self.trainable["prior"], self.layout, examples[rank_slice], noise=noise[rank_slice],
                          row_length=cfg.train.row_length)
@@ -132,7 +140,8 @@ class Trainer:
 
     def __init__(self, cfg: ExperimentConfig, run_dir: str | Path, codecs: dict[str, Codec],
                  batches: Callable[[int, int, torch.Generator], dict[str, Any]], *, stage: str | None = None,
-                 role: str | None = None, steps: int | None = None, lr: float | None = None, resume: bool = False,
+                 role: str | None = None, steps: int | None = None, lr: float | None = None, batch_size: int | None = None,
+                 resume: bool = False,
                  init_from: str | Path | None = None,
                  progress: bool = True, checkpoints: bool = True) -> None:
         t = cfg.train
@@ -141,7 +150,7 @@ class Trainer:
         self.steps = t.steps if steps is None else steps
         self.lr = t.lr if lr is None else lr
         self.progress, self.checkpoints = progress, checkpoints
-        self.role = role or t.codec_role or (cfg.task.target if self.stage != "prior" else None)
+        self.role = role or t.codec_role or (cfg.task.target or None if self.stage != "prior" else None)
         if self.stage in ("codec", "joint") and (self.role not in codecs or not codecs[self.role].trainable):
             raise ConfigError(f"train.stage={self.stage} trains one codec: set train.codec_role to a role with a trainable codec "
                               f"(roles: {', '.join(r for r, c in codecs.items() if c.trainable)}).")
@@ -149,9 +158,11 @@ class Trainer:
         self.acc = Accelerator(mixed_precision=t.mixed_precision, log_with=log_with, project_dir=str(self.run_dir),
                                cpu=not torch.cuda.is_available())  # cpu=True lets torchrun processes form a gloo group
         world = self.acc.num_processes
-        if t.batch_size % world:
-            raise ConfigError(f"train.batch_size={t.batch_size} must divide evenly over {world} processes.")
-        per = t.batch_size // world
+        self.batch_size = batch_size or t.batch_size
+        if self.batch_size % world:
+            raise ConfigError(f"the batch size {self.batch_size} (train.batch_size, or a codec's batch_size) must divide evenly "
+                              f"over {world} processes.")
+        per = self.batch_size // world
         self.rank_slice = slice(self.acc.process_index * per, (self.acc.process_index + 1) * per)
 
         prior, self.layout = None, None
@@ -251,13 +262,13 @@ class Trainer:
             self._prepare_run_dir(resume=self.resumed_from is not None)
             metrics = self.run_dir / "metrics.jsonl"
             rows = [json.loads(line) for line in (metrics.read_text().splitlines() if metrics.exists() else [])]
-            kept = [r for r in rows if r.get("stage") != self.stage or r["step"] < self.start_step]  # a resume re-logs later steps
+            kept = [r for r in rows if (r.get("stage"), r.get("role")) != (self.stage, self._row_role) or r["step"] < self.start_step]  # a resume re-logs later steps
             metrics.write_text("".join(json.dumps(r) + "\n" for r in kept))
             if acc.trackers:
                 acc.init_trackers(self.cfg.name, config={k: str(v) for k, v in _flat(to_dict(self.cfg)).items()})
         acc.wait_for_everyone()
         rows: list[dict[str, float]] = []
-        bar = tqdm(range(self.start_step, self.steps), initial=self.start_step, total=self.steps, desc=self.stage,
+        bar = tqdm(range(self.start_step, self.steps), initial=self.start_step, total=self.steps, desc=" ".join(filter(None, [self.stage, self._row_role])),
                    disable=not (self.progress and acc.is_main_process), dynamic_ncols=True)
         start = time.perf_counter()
         self.wrapped.train()
@@ -268,7 +279,7 @@ class Trainer:
                 index = step * t.grad_accum + micro
                 gen = step_generator(self.cfg.seed, index)
                 torch.manual_seed(self.cfg.seed * 7919 + index)  # codecs' own losses draw from the global RNG
-                items = self.batches(index, t.batch_size, gen)
+                items = self.batches(index, self.batch_size, gen)
                 sync = micro == t.grad_accum - 1
                 with contextlib.nullcontext() if sync else acc.no_sync(self.wrapped):
                     with acc.autocast():
@@ -289,7 +300,7 @@ class Trainer:
             done = step + 1
             if step % t.log_every == 0 or done == self.steps:
                 values = {k: acc.reduce(v, reduction="mean").item() for k, v in totals.items()}
-                row = {"stage": self.stage, "step": step, **values, "lr": self.scheduler.get_last_lr()[0],
+                row = {"stage": self.stage, **({"role": self._row_role} if self._row_role else {}), "step": step, **values, "lr": self.scheduler.get_last_lr()[0],
                        "grad_norm": float(grad_norm), "elapsed_s": round(time.perf_counter() - start, 3)}
                 rows.append(row)
                 if acc.is_main_process:
@@ -305,6 +316,11 @@ class Trainer:
         for tracker in acc.trackers:  # not acc.end_training(): it would tear down the process group a later stage needs
             tracker.finish()
         return rows
+
+    @property
+    def _row_role(self) -> str | None:
+        """The codec a codec-stage trainer trains (its metrics rows say which: several codecs may train in one run)."""
+        return self.role if self.stage == "codec" else None
 
     def save(self, step: int) -> Path | None:
         self.acc.wait_for_everyone()
@@ -352,15 +368,19 @@ def plot_losses(run_dir: Path) -> None:
     series: dict[str, tuple[list, list]] = {}
     for r in rows:
         for k, v in r.items():
-            if k in ("step", "stage", "lr", "grad_norm", "elapsed_s") or not isinstance(v, (int, float)):
+            if k in ("step", "stage", "role", "lr", "grad_norm", "elapsed_s") or not isinstance(v, (int, float)):
                 continue
-            xs, ys = series.setdefault(f"{r['stage']}: {k}", ([], []))
+            xs, ys = series.setdefault(f"{' '.join(filter(None, [r['stage'], r.get('role')]))}: {k}", ([], []))
             xs.append(r["step"])
             ys.append(v)
     if not series:
         return
-    fig, axes = plt.subplots(1, len(series), figsize=(3.6 * len(series), 3.0), squeeze=False)
-    for ax, (name, (xs, ys)) in zip(axes[0], series.items()):
+    cols = min(5, len(series))
+    rows_n = -(-len(series) // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(3.6 * cols, 3.0 * rows_n), squeeze=False)
+    for ax in axes.flat[len(series):]:
+        ax.axis("off")
+    for ax, (name, (xs, ys)) in zip(axes.flat, series.items()):
         ax.plot(xs, ys, lw=1.2)
         ax.set(title=name, xlabel="step")
         if all(y > 0 for y in ys):

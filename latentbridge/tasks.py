@@ -1,0 +1,189 @@
+"""Tasks: how a training example becomes segments, and mixtures of tasks with weights.
+
+A task names the roles given as clean context (`cond`), the role generated (`target`) and the data set
+its examples come from. The layouts latentbridge trains on are all of this one shape:
+
+    text               []        -> text     (text continuation: the prior of text alone)
+    caption -> image   [text]    -> image
+    image -> caption   [image]   -> text
+    text -> speech     [text]    -> speech
+    speech -> text     [speech]  -> text
+
+A mixture (`tasks:` in the config) draws each batch from several tasks in proportion to their weights
+(largest-remainder shares of the batch, the same at every step), each from its own data set. Roles are
+codec slots under `codecs:`, so a codec added by a plugin joins a task by config alone: name it under
+`codecs:` and use its role in a task. Condition dropout for guidance applies to every task's examples.
+
+    tasks = tasks_of(cfg)                 # [Task]: the mixture, or the single `task`
+    mix = TaskMixture(tasks, seed)        # data for each task
+    raw = mix.batch(step, 256)            # [(task, {field: items})], shares by weight
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from latentbridge.config import DataConfig, ExperimentConfig
+from latentbridge.errors import ConfigError
+from latentbridge.sequence import Example, Segment
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One layout of training examples: clean `cond` roles, then the generated `target` role."""
+
+    name: str
+    cond: tuple[str, ...]
+    target: str
+    weight: float = 1.0
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        return (*self.cond, self.target)
+
+    @property
+    def direction(self) -> str:
+        return f"{' + '.join(self.cond) or '(nothing)'} -> {self.target}"
+
+    def examples(self, latents: Mapping[str, Sequence[Tensor]]) -> list[Example]:
+        """Example i = the cond roles' i-th latents as clean context, then the target's i-th latents."""
+        n = len(latents[self.target])
+        bad = [r for r in self.cond if len(latents[r]) != n]
+        if bad:
+            raise ValueError(f"task {self.name}: role(s) {', '.join(bad)} have a different number of items than {self.target} ({n})")
+        return [[Segment(r, latents[r][i], "cond") for r in self.cond] + [Segment(self.target, latents[self.target][i], "target")]
+                for i in range(n)]
+
+
+def tasks_of(cfg: ExperimentConfig) -> list[Task]:
+    """The experiment's tasks: its `tasks` mixture, or the single `task` (named after its direction)."""
+    if not cfg.tasks:
+        if not cfg.task.target:
+            raise ConfigError("task.target is empty: name the role to generate (e.g. --task.target=image), or give a `tasks` mixture.")
+        name = "_to_".join([*cfg.task.cond, cfg.task.target]) if cfg.task.cond else cfg.task.target
+        return [Task(name, tuple(cfg.task.cond), cfg.task.target, 1.0, cfg.data)]
+    out = []
+    for name, t in cfg.tasks.items():
+        data = cfg.data
+        if t.data is not None and t.data != cfg.data.name:
+            data = dataclasses.replace(cfg.data, name=t.data, sources=None)
+        if t.sources is not None:
+            data = dataclasses.replace(data, sources=list(t.sources))
+        out.append(Task(name, tuple(t.cond), t.target, float(t.weight), data))
+    return out
+
+
+def find_task(tasks: Sequence[Task], cond: Sequence[str] | None, target: str | None) -> Task:
+    """The task with these cond roles (in any order; None: any) and target (None: the only one)."""
+    found = [t for t in tasks if (target is None or t.target == target) and (cond is None or sorted(t.cond) == sorted(cond))]
+    if len(found) == 1:
+        return found[0]
+    have = "; ".join(f"{t.name}: {t.direction}" for t in tasks)
+    what = f"{' + '.join(cond or []) or '(nothing)'} -> {target or '?'}"
+    if not found:
+        raise ConfigError(f"this run has no task {what} (its tasks: {have}). Pass conditions for a task it was trained on.")
+    raise ConfigError(f"several tasks fit {what} ({have}); name the target and give the conditions of one of them.")
+
+
+def shares(weights: Sequence[float], size: int) -> list[int]:
+    """Split `size` examples over tasks in proportion to `weights` (largest remainder; every task gets at
+    least one example when size allows, so each task is seen at every step)."""
+    total = sum(weights)
+    exact = [size * w / total for w in weights]
+    out = [math.floor(x) for x in exact]
+    if size >= len(weights):
+        for i, n in enumerate(out):
+            if n == 0:
+                out[i] = 1
+    while sum(out) > size:  # the minimum of one took examples from the largest shares
+        i = max(range(len(out)), key=lambda j: (out[j] - exact[j], out[j]))
+        out[i] -= 1
+    order = sorted(range(len(out)), key=lambda j: exact[j] - out[j], reverse=True)
+    for i in order[: size - sum(out)]:
+        out[i] += 1
+    return out
+
+
+def _task_seed(seed: int, name: str) -> int:
+    return seed + int(hashlib.sha256(name.encode()).hexdigest()[:6], 16)
+
+
+class TaskMixture:
+    """The data of several tasks: per step, each task's share of the batch from its own data set.
+
+    Tasks on the same data set (caption -> image and image -> caption) share one loaded source but walk
+    through it in their own order (a seed per task)."""
+
+    def __init__(self, tasks: Sequence[Task], seed: int) -> None:
+        from latentbridge.data.sources import make_source
+
+        if not tasks:
+            raise ConfigError("a task mixture needs at least one task")
+        self.tasks, self.seed = list(tasks), seed
+        self.sources: dict[str, Any] = {}
+        for t in self.tasks:
+            key = repr(t.data)
+            if key not in self.sources:
+                self.sources[key] = make_source(t.data, seed)
+        self._weights = [t.weight for t in self.tasks]
+
+    def source(self, task: Task) -> Any:
+        return self.sources[repr(task.data)]
+
+    def check_fields(self, modalities: Mapping[str, str]) -> None:
+        """Every role of every task has a field of its codec's modality in the task's data, or a clear error."""
+        from latentbridge.data.sources import field_for
+
+        for t in self.tasks:
+            for role in t.roles:
+                try:
+                    field_for(self.source(t), role, modalities[role])
+                except ConfigError as err:
+                    raise ConfigError(f"task {t.name} ({t.direction}, data {t.data.name}): {err}") from None
+
+    def _take(self, task: Task, step: int, n: int, gen: torch.Generator | None) -> dict[str, list]:
+        from latentbridge.data.text import epoch_indices
+
+        src = self.source(task)
+        if not src.finite:
+            return src.batch(step, n, gen if gen is not None else torch.Generator().manual_seed(step))
+        return src.items_at(epoch_indices(len(src), _task_seed(self.seed, task.name), step, n))
+
+    def batch(self, step: int, size: int, gen: torch.Generator | None = None) -> list[tuple[Task, dict[str, list]]]:
+        """[(task, raw items by field)] for this step: each task's share of `size` examples."""
+        return [(t, self._take(t, step, n, gen)) for t, n in zip(self.tasks, shares(self._weights, size)) if n]
+
+    def role_batch(self, role: str, step: int, size: int, gen: torch.Generator | None = None) -> list[tuple[Task, dict[str, list]]]:
+        """Items for one codec's own training: from the tasks that use `role`, by their weights."""
+        using = [t for t in self.tasks if role in t.roles]
+        if not using:
+            raise ConfigError(f"no task uses role {role!r}, so there is no data to train its codec on")
+        counts = shares([t.weight for t in using], size)
+        return [(t, self._take(t, step, n, gen)) for t, n in zip(using, counts) if n]
+
+    def stats_sample(self, role: str, n: int) -> list[tuple[Task, dict[str, list]]]:
+        """A fixed sample of `role`'s items (latent statistics), spread over the tasks that use it."""
+        using = [t for t in self.tasks if role in t.roles]
+        counts = shares([t.weight for t in using], n)
+        out = []
+        for t, k in zip(using, counts):
+            raw = self.source(t).stats_sample(k)
+            out.append((t, raw))
+        return out
+
+
+@dataclasses.dataclass
+class TaskBatch:
+    """One step's collated batch of a mixture: per task, each role's collated items (or cached posteriors)."""
+
+    parts: list[tuple[Task, dict[str, Any]]]
+
+    def __len__(self) -> int:
+        return len(self.parts)

@@ -1,0 +1,175 @@
+"""The joint multimodal job end to end on a tiny scale (configs/demo.yaml with tiny codecs and prior, a few steps):
+three codecs train in the pre-stage on the data of the tasks that use them, one prior trains on the mixture,
+the Pipeline generates all four directions, `latentbridge eval` scores them against shuffled controls and writes
+report.md; and the evaluators themselves on real data (pocketsphinx, the scene checker). Wiring, not quality:
+the quality figures come from `make demo` and configs/joint.yaml."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from latentbridge.cli import main
+from latentbridge.errors import ConfigError
+
+pytest.importorskip("latentbridge_text_vae")
+pytest.importorskip("latentbridge_image_vae")
+pytest.importorskip("latentbridge_audio")
+
+TINY = ["--codecs.text.config.width=32", "--codecs.text.config.heads=2", "--codecs.text.config.encoder_layers=1",
+        "--codecs.text.config.decoder_layers=1", "--codecs.speech.config.width=16", "--codecs.speech.config.blocks=1",
+        "--codecs.text.steps=2", "--codecs.image.steps=2", "--codecs.speech.steps=2", "--codecs.speech.batch_size=4",
+        "--prior.width=32", "--prior.depth=1", "--prior.heads=2", "--train.steps=3", "--train.batch_size=8",
+        "--train.log_every=1", "--train.mixed_precision=no", "--data.scenes=40", "--data.clips=60", "--sampling.steps=2",
+        "--eval.samples=4", "--eval.guidance_scales=[1, 2]"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, autoload_plugins):
+    run_dir = tmp_path_factory.mktemp("joint") / "demo"
+    assert main(["train", "configs/demo.yaml", "--run-dir", str(run_dir), "--no-progress", *TINY]) == 0
+    return run_dir
+
+
+@pytest.mark.slow
+def test_codecs_and_prior_train_on_the_mixture(run):
+    for role in ("text", "image", "speech"):
+        assert (run / "codecs" / role / "codec.json").is_file()
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {(r["stage"], r.get("role")) for r in rows} == {("codec", "text"), ("codec", "image"), ("codec", "speech"), ("prior", None)}
+    prior = [r for r in rows if r["stage"] == "prior"]
+    assert {"loss/text", "loss/image", "loss/speech"} <= set(prior[0])  # every target stream in every step's batch
+    speech = json.loads((run / "codecs" / "speech" / "codec.json").read_text())
+    assert speech["latent_spec"]["tokens_per_item"] == 24  # fixed_seconds 1.5 -> 3 blocks of 8
+
+
+@pytest.mark.slow
+def test_pipeline_generates_all_four_directions_deterministically(run):
+    from latentbridge.pipeline import Pipeline
+
+    pipe = Pipeline.from_pretrained(run)
+    assert [t.name for t in pipe.tasks] == ["caption_to_image", "image_to_caption", "text_to_speech", "speech_to_text"]
+    images = pipe.generate({"text": ["a big owl", "a handwritten digit two", "a big owl"]}, target="image", seed=1)
+    assert len(images) == 3 and images[0].shape == (32, 32, 3) and images[0].dtype == np.uint8
+    again = pipe.generate({"text": ["a big owl", "a handwritten digit two", "a big owl"]}, target="image", seed=1, batch_size=2)
+    assert all(np.array_equal(a, b) for a, b in zip(images, pipe.generate({"text": ["a big owl", "a handwritten digit two", "a big owl"]},
+                                                                        target="image", seed=1)))
+    assert len(again) == 3
+    captions = pipe.generate({"image": images}, max_tokens=16)  # the target follows from the conditions
+    assert len(captions) == 3 and all(isinstance(c, str) for c in captions)
+    waves = pipe.generate({"text": ["harbour", "Oslo"]}, target="speech", guidance=2.0)
+    assert len(waves) == 2 and np.asarray(waves[0]).ndim == 1 and len(waves[0]) >= 16000  # 1.5 s at 16 kHz
+    words = pipe.generate({"speech": waves}, target="text", max_tokens=16)
+    assert len(words) == 2 and all(isinstance(w, str) for w in words)
+    with pytest.raises(ConfigError, match="several tasks fit"):
+        pipe.generate({"text": ["a big owl"]})
+    with pytest.raises(ConfigError, match="has no task"):
+        pipe.generate(prompts=["a big"], target="text")
+    with pytest.raises(ConfigError, match="one item per example"):
+        pipe.generate({"image": images[:2]}, prompts=["a"], target="text")
+    with pytest.raises(ConfigError, match="fixed length and cannot be continued"):
+        pipe.generate({"text": ["a"]}, prompts=["a"], target="image")
+
+
+@pytest.mark.slow
+def test_eval_scores_every_task_with_controls_and_writes_the_report(run, capsys):
+    assert main(["eval", str(run), "--no-progress"]) == 0
+    report = json.loads((run / "report.json").read_text())
+    tasks = report["tasks"]
+    assert set(tasks) == {"caption_to_image", "image_to_caption", "text_to_speech", "speech_to_text"}
+    for name, keys in {"caption_to_image": ["emoji (seen names) top1", "digit accuracy", "scene arrangement"],
+                       "image_to_caption": ["emoji (seen) exact", "emoji (seen) minilm", "digits (held-out images) exact"],
+                       "text_to_speech": ["WER"], "speech_to_text": ["word accuracy", "WER"]}.items():
+        for g in ("guidance 1", "guidance 2"):
+            for k in keys:
+                assert k in tasks[name][g] and f"shuffled {k}" in tasks[name][g], (name, g, k)
+    assert 0.0 <= tasks["text_to_speech"]["real clips WER"] < 0.5  # the recognizer hears real flite speech
+    assert set(report["prior_fit"]) == set(tasks) and "without condition" in report["prior_fit"]["caption_to_image"]
+    assert set(report["codecs"]) == {"text", "image", "speech"}
+    md = (run / "report.md").read_text()
+    assert "## text_to_speech" in md and "shuffled (control)" in md and "samples/caption_to_image_emoji_g2.png" in md
+    assert ".wav" in md and "loss.png" in md
+    assert list((run / "samples" / "text_to_speech_g2").glob("*.wav"))
+    assert "caption_to_image (text -> image)" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_sample_writes_grids_texts_and_wavs(run):
+    assert main(["sample", str(run), "--prompt", "a frog above a cat", "--prompt", "rocket", "--guidance", "2"]) == 0
+    assert (run / "samples" / "sample_caption_to_image_g2.png").is_file()
+    assert len(list((run / "samples" / "sample_text_to_speech_g2").glob("*.wav"))) == 2
+    assert not (run / "samples" / "sample_image_to_caption_g2.txt").exists()  # not conditioned on text
+    assert main(["sample", str(run), "--task", "image_to_caption", "--samples", "3", "--guidance", "1"]) == 0
+    lines = (run / "samples" / "sample_image_to_caption_g1.txt").read_text().splitlines()
+    assert len(lines) == 3 and " -> " in lines[0]
+    assert main(["sample", str(run), "--task", "nope"]) == 2
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluators on real data
+# --------------------------------------------------------------------------------------------------
+
+
+def test_word_error_rate():
+    from latentbridge.evaluate.speech import word_error_rate
+
+    assert word_error_rate(["a big owl", "Oslo"], ["a big owl", "oslo"]) == 0.0
+    assert word_error_rate(["a big owl"], ["a owl"]) == pytest.approx(1 / 3)
+    assert word_error_rate(["owl"], ["the owl flew"]) == 2.0
+    with pytest.raises(ValueError):
+        word_error_rate(["a"], [])
+
+
+@pytest.mark.slow
+def test_pocketsphinx_hears_real_flite_words_and_not_shuffled_ones():
+    from latentbridge.data.speech import load_speech
+    from latentbridge.evaluate.speech import WordRecognizer, pronounceable, word_error_rate
+
+    waves, texts, _ = load_speech("test", 60, 16000, ["flite"])
+    keep = [i for i, ok in enumerate(pronounceable(texts)) if ok]
+    waves, texts = [waves[i] for i in keep], [texts[i] for i in keep]
+    assert len(texts) >= 2
+    asr = WordRecognizer(texts)
+    assert word_error_rate(texts, asr.transcribe(waves)) < 0.25
+    assert word_error_rate(texts[1:] + texts[:1], asr.transcribe(waves)) > 0.75
+    heard = asr.transcribe([np.zeros(8000, dtype=np.float32)])  # silence: no crash, at most one vocabulary word
+    assert len(heard) == 1 and (heard[0] == "" or heard[0] in asr.vocabulary)
+
+
+def test_scene_checker_accepts_real_scenes_and_rejects_swapped_objects():
+    from latentbridge.data.images import load_scenes
+    from latentbridge.experiments.multimodal import SceneChecker, _shuffled
+
+    images, _, truth = load_scenes(32, "test", 60)
+    checker = SceneChecker(32)
+    objects, whole = checker.check(list(images), truth)
+    assert np.mean(objects) > 0.9 and np.mean(whole) > 0.85
+    order = _shuffled(len(truth), 0)
+    _, wrong = checker.check([images[i] for i in order], truth)
+    assert np.mean(wrong) < 0.2
+
+
+def test_pretrained_codec_with_config_overrides(tmp_path, autoload_plugins):
+    from latentbridge.codecs.base import Codec
+    from latentbridge.errors import CheckpointError
+    from latentbridge.plugins import registry
+
+    reg = registry()
+    codec = reg.create("audio-vae", {"width": 16, "blocks": 1})
+    codec.save_pretrained(tmp_path / "audio")
+    fixed = reg.load(tmp_path / "audio", {"fixed_seconds": 1.5})
+    assert fixed.latent_spec.tokens_per_item == 24 and reg.load(tmp_path / "audio").latent_spec.tokens_per_item is None
+    assert all(torch_equal(a, b) for a, b in zip(fixed.state_dict().values(), codec.state_dict().values()))
+    with pytest.raises(CheckpointError, match="does not match"):
+        reg.load(tmp_path / "audio", {"width": 32})
+    with pytest.raises(ConfigError, match="unknown config key"):
+        reg.load(tmp_path / "audio", {"fixed_second": 1.5})
+    assert Codec.read_meta(tmp_path / "audio")["config"]["fixed_seconds"] is None  # the saved codec is untouched
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))

@@ -1,0 +1,99 @@
+"""Tasks and mixtures: layouts per example, shares by weight, config validation, finding a task, data per task."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from latentbridge.config import ExperimentConfig, from_dict, load_config
+from latentbridge.errors import ConfigError
+from latentbridge.tasks import Task, TaskMixture, find_task, shares, tasks_of
+
+ROLES = {"text": {"codec": "text-vae"}, "image": {"codec": "image-vae"}, "speech": {"codec": "audio-vae"}}
+
+
+def cfg_with(tasks=None, task=None, **extra) -> ExperimentConfig:
+    data = {"name": "x", "codecs": ROLES, **extra}
+    if tasks is not None:
+        data["tasks"] = tasks
+    if task is not None:
+        data["task"] = task
+    return from_dict(ExperimentConfig, data)
+
+
+@pytest.mark.parametrize("weights, size", [([3, 3, 2, 2], 64), ([1, 1], 7), ([10, 1], 11), ([1, 1, 1], 3), ([5, 1, 1], 2)])
+def test_shares_add_up_follow_the_weights_and_keep_every_task(weights, size):
+    out = shares(weights, size)
+    assert sum(out) == size
+    if size >= len(weights):
+        assert min(out) >= 1
+    exact = [size * w / sum(weights) for w in weights]
+    assert all(abs(o - e) <= 1 + (e < 1) for o, e in zip(out, exact))
+
+
+def test_shares_are_exact_when_the_batch_divides():
+    assert shares([3, 3, 2, 2], 60) == [18, 18, 12, 12]
+
+
+def test_single_task_and_mixture():
+    one = tasks_of(cfg_with(task={"cond": ["text"], "target": "image"}))
+    assert [(t.name, t.cond, t.target) for t in one] == [("text_to_image", ("text",), "image")]
+    mix = tasks_of(cfg_with(tasks={"c2i": {"cond": ["text"], "target": "image", "weight": 3, "data": "images"},
+                                   "t2s": {"cond": ["text"], "target": "speech", "data": "speech", "sources": ["flite"]}},
+                            data={"name": "images", "sources": ["emoji"]}))
+    assert [t.name for t in mix] == ["c2i", "t2s"]
+    assert mix[0].data.name == "images" and mix[0].data.sources == ["emoji"]  # the data section's own sources
+    assert mix[1].data.name == "speech" and mix[1].data.sources == ["flite"] and mix[1].weight == 1.0
+    assert mix[0].direction == "text -> image"
+
+
+@pytest.mark.parametrize("tasks, task, pattern", [
+    ({"a": {"target": "image"}}, {"target": "image"}, "either `task`"),
+    ({"a": {"cond": ["caption"], "target": "image"}}, None, r"tasks\.a names role 'caption'"),
+    ({"a": {"cond": ["text"]}}, None, r"tasks\.a\.target is empty"),
+    ({"a": {"cond": ["image"], "target": "image"}}, None, "both a condition and the target"),
+    ({"a": {"target": "image", "weight": 0}}, None, r"tasks\.a\.weight must be > 0"),
+])
+def test_bad_mixtures_are_named(tasks, task, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        cfg_with(tasks=tasks, task=task)
+
+
+def test_find_task_by_conditions_and_target():
+    tasks = [Task("c2i", ("text",), "image"), Task("i2c", ("image",), "text"), Task("t2s", ("text",), "speech"), Task("text", (), "text")]
+    assert find_task(tasks, ["image"], None).name == "i2c"
+    assert find_task(tasks, ["text"], "speech").name == "t2s"
+    assert find_task(tasks, [], "text").name == "text"
+    with pytest.raises(ConfigError, match="several tasks fit"):
+        find_task(tasks, ["text"], None)
+    with pytest.raises(ConfigError, match="has no task speech -> image"):
+        find_task(tasks, ["speech"], "image")
+
+
+def test_examples_put_conditions_first_as_clean_context():
+    t = Task("c2i", ("text",), "image")
+    ex = t.examples({"text": [torch.zeros(3, 4), torch.ones(2, 4)], "image": [torch.ones(5, 4), torch.zeros(5, 4)]})
+    assert [[(s.codec, s.role, s.latents.shape[0]) for s in e] for e in ex] == [[("text", "cond", 3), ("image", "target", 5)],
+                                                                             [("text", "cond", 2), ("image", "target", 5)]]
+    with pytest.raises(ValueError, match="different number of items"):
+        t.examples({"text": [torch.zeros(3, 4)], "image": [torch.ones(5, 4), torch.zeros(5, 4)]})
+
+
+def test_mixture_batches_hold_each_tasks_share_from_its_own_data():
+    cfg = load_config("configs/demo.yaml", ["--data.scenes=40", "--data.clips=60"])
+    mix = TaskMixture(tasks_of(cfg), cfg.seed)
+    assert len(mix.sources) == 3  # images, speech (all voices), speech (flite only)
+    parts = mix.batch(0, 20)
+    assert [(t.name, len(next(iter(raw.values())))) for t, raw in parts] == [
+        ("caption_to_image", 6), ("image_to_caption", 6), ("text_to_speech", 4), ("speech_to_text", 4)]
+    c2i, i2c = parts[0][1], parts[1][1]
+    assert set(c2i) == {"image", "caption"} and isinstance(c2i["caption"][0], str) and c2i["image"][0].shape == (32, 32, 3)
+    assert c2i["caption"] != i2c["caption"]  # two tasks on one data set walk it in their own orders
+    again = TaskMixture(tasks_of(cfg), cfg.seed).batch(0, 20)
+    assert [raw["caption" if "caption" in raw else "text"] for _, raw in again] == [raw["caption" if "caption" in raw else "text"] for _, raw in parts]
+    flite = mix.source(parts[2][0])
+    assert flite.sources == ["flite"]
+    text_parts = mix.role_batch("text", 0, 20)  # the text codec's own data: every task that uses the role
+    assert [t.name for t, _ in text_parts] == ["caption_to_image", "image_to_caption", "text_to_speech", "speech_to_text"]
+    with pytest.raises(ConfigError, match="no task uses role 'nothing'"):
+        mix.role_batch("nothing", 0, 4)
