@@ -191,6 +191,10 @@ class DataConfig:
     """speech: clips synthesized in all (split 90/5/5 by a hash of the text)."""
     sample_rate: int = 16000
     """speech: Hz the clips are resampled to (match the audio codec's sample_rate)."""
+    words: Literal["dictionary", "objects"] = "dictionary"
+    """speech: what is spoken. `dictionary`: words and names of the system word list, split by word (held-out words are
+    never heard); `objects`: the 42 names of the scene emoji and digits by every voice at five speeds, split by
+    rendition (a closed vocabulary; `clips` is not used)."""
     path: str | None = None
     """A safetensors file with `points` [N, 2] and `labels` [N] to train on instead of sampling the ring."""
     num_classes: int = 8

@@ -78,3 +78,26 @@ def test_speech_source_pairs_audio_with_text(cache):
     assert len(batch["audio"]) == len(batch["text"]) == 4
     rec = src.split("recordings")
     assert len(rec["audio"]) == 9
+
+
+def test_object_words_are_a_closed_vocabulary_split_by_rendition():
+    from latentbridge.data.images import DIGIT_NAMES, SCENE_VOCABULARY
+
+    utts = sp.utterances(0, ["flite", "espeak"], "objects")
+    assert len(utts) == 42 * 8 * 5 and {u.text for u in utts} == {*SCENE_VOCABULARY, *DIGIT_NAMES}
+    assert {u.stretch for u in utts} == set(sp.SPEEDS)
+    with pytest.raises(ConfigError, match="unknown word set"):
+        sp.utterances(0, ["flite"], "sentences")
+
+
+@pytest.mark.slow
+def test_object_words_spoken_at_several_speeds(cache):
+    waves, texts, utts = sp.load_speech("all", 0, 16000, ["flite"], "objects")
+    assert len(waves) == 42 * 4 * 5
+    owl = {u.stretch: len(w) for w, u in zip(waves, utts) if u.text == "owl" and u.voice == "slt"}
+    assert owl[1.25] > owl[1.0] > owl[0.8]  # the stretch slows the voice down
+    test = sp.load_speech("test", 0, 16000, ["flite"], "objects")[1]
+    train = set(sp.load_speech("train", 0, 16000, ["flite"], "objects")[1])
+    assert test and set(test) <= train  # held-out renditions of words heard in training
+    src = make_source(DataConfig(name="speech", sources=["flite"], words="objects"), 0)
+    assert set(src.split("test")["text"]) <= set(src.train["text"])

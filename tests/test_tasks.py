@@ -97,3 +97,24 @@ def test_mixture_batches_hold_each_tasks_share_from_its_own_data():
     assert [t.name for t, _ in text_parts] == ["caption_to_image", "image_to_caption", "text_to_speech", "speech_to_text"]
     with pytest.raises(ConfigError, match="no task uses role 'nothing'"):
         mix.role_batch("nothing", 0, 4)
+
+
+def test_plugin_codecs_join_a_mixture_by_config_alone(tmp_path, autoload_plugins):
+    """The toy plugin's codecs, both directions in one prior: nothing but config names them."""
+    import json
+
+    from latentbridge.experiments.common import train
+    from latentbridge.experiments.multimodal import generate
+
+    cfg = load_config("configs/toy_label_to_vector.yaml", [
+        "--task.cond=[]", "--task.target=", "--train.steps=4", "--train.batch_size=32", "--train.log_every=1",
+        "--train.codec_steps=3", "--train.checkpoint_every=0", "--tasks.to_point.cond=[label]", "--tasks.to_point.target=point",
+        "--tasks.to_point.weight=3", "--tasks.to_label.cond=[point]", "--tasks.to_label.target=label"])
+    assert [t.name for t in tasks_of(cfg)] == ["to_point", "to_label"]
+    codecs, prior, layout = train(cfg, tmp_path / "run", progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    prior_rows = [r for r in rows if r["stage"] == "prior"]
+    assert len(prior_rows) == 4 and {"loss/point", "loss/label"} <= set(prior_rows[0])
+    points = generate(cfg, codecs, prior, layout, {"label": [0, 3, 5]}, target="point", seed=0)
+    labels = generate(cfg, codecs, prior, layout, {"point": points}, target="label", seed=0)
+    assert len(points) == 3 and len(labels) == 3

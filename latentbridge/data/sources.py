@@ -177,7 +177,7 @@ class SpeechSource(ItemSource):
         from latentbridge.data.speech import SPEECH_SOURCES, load_speech
 
         self.cfg, self.sources = cfg, list(cfg.sources or SPEECH_SOURCES)
-        waves, texts, _ = load_speech("train", cfg.clips, cfg.sample_rate, self.sources)
+        waves, texts, _ = load_speech("train", cfg.clips, cfg.sample_rate, self.sources, cfg.words)
         super().__init__({"audio": waves, "text": texts}, seed)
         self.held_out = {**{s: f"test {s}" for s in self.sources}, "recordings": "recordings (out of domain)"}
 
@@ -187,11 +187,11 @@ class SpeechSource(ItemSource):
         if name in ("recordings", "sounds"):
             waves, texts = load_recordings(self.cfg.sample_rate, name)
         elif name in SPEECH_SOURCES:  # the test clips of the configured set spoken by that engine
-            waves, texts, utts = load_speech("test", self.cfg.clips, self.cfg.sample_rate, self.sources)
+            waves, texts, utts = load_speech("test", self.cfg.clips, self.cfg.sample_rate, self.sources, self.cfg.words)
             keep = [i for i, u in enumerate(utts) if u.engine == name]
             waves, texts = [waves[i] for i in keep], [texts[i] for i in keep]
         else:
-            waves, texts, _ = load_speech(name, self.cfg.clips, self.cfg.sample_rate, self.sources)
+            waves, texts, _ = load_speech(name, self.cfg.clips, self.cfg.sample_rate, self.sources, self.cfg.words)
         return {"audio": waves[:n] if n else waves, "text": texts[:n] if n else texts}
 
 

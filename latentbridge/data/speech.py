@@ -5,6 +5,9 @@
                  one voice picked by a hash of the text; mono float32 at `sample_rate` (resampled with
                  torchaudio). Split 90/5/5 by a hash of the text, so a held-out word is never heard in
                  training. Rendered once per (count, rate) and cached (int16).
+    objects      the 42 names of the scene emoji and the digits ("owl", "seven"), each spoken by every voice
+                 at five speeds; split 90/5/5 by a hash of (word, voice, speed), so a held-out clip is a new
+                 rendition of a word heard in training (a closed vocabulary: data.words = objects)
     recordings   the nine spoken clips of alsa-utils (/usr/share/sounds/alsa, 48 kHz): held-out only
     sounds       the named sound events of sound-theme-freedesktop (.oga): held-out only, not speech
 """
@@ -35,11 +38,16 @@ ESPEAK_VOICES = ("en-us", "en-gb-x-rp", "en-us+f3", "en-029")
 SPEECH_SOURCES = ("flite", "espeak")
 
 
+WORD_SETS = ("dictionary", "objects")
+SPEEDS = (0.8, 0.9, 1.0, 1.12, 1.25)  # duration stretch of the `objects` renditions
+
+
 @dataclasses.dataclass(frozen=True)
 class Utterance:
     text: str
     engine: str  # flite | espeak
     voice: str
+    stretch: float = 1.0  # duration stretch (> 1: slower)
 
 
 def vocabulary(words_file: Path = WORDS) -> tuple[list[str], list[str]]:
@@ -61,14 +69,21 @@ def _u(key: str) -> float:
     return int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big") / 2**64
 
 
-def utterances(n: int, engines: Sequence[str] = SPEECH_SOURCES) -> list[Utterance]:
-    """n texts (3 words : 1 name), each with one voice of the given engines; a pure function of n and engines."""
+def utterances(n: int, engines: Sequence[str] = SPEECH_SOURCES, words: str = "dictionary") -> list[Utterance]:
+    """`dictionary`: n texts (3 words : 1 name), each with one voice of the given engines; `objects`: every scene
+    object and digit name by every voice at every speed (n is not used). A pure function of the arguments."""
     bad = [e for e in engines if e not in SPEECH_SOURCES]
     if bad or not engines:
         raise ConfigError(f"data.sources: unknown speech engine(s) {bad or list(engines)}; choose from {', '.join(SPEECH_SOURCES)}")
+    if words not in WORD_SETS:
+        raise ConfigError(f"data.words: unknown word set {words!r}; choose from {', '.join(WORD_SETS)}")
+    voices = [(e, v) for e in engines for v in (FLITE_VOICES if e == "flite" else ESPEAK_VOICES)]
+    if words == "objects":
+        from latentbridge.data.images import DIGIT_NAMES, SCENE_VOCABULARY
+
+        return [Utterance(t, e, v, s) for t in (*SCENE_VOCABULARY, *DIGIT_NAMES) for e, v in voices for s in SPEEDS]
     words, names = vocabulary()
     pool = sorted(words, key=lambda w: _u("w" + w))[: (3 * n) // 4] + sorted(names, key=lambda w: _u("n" + w))[: n - (3 * n) // 4]
-    voices = [(e, v) for e in engines for v in (FLITE_VOICES if e == "flite" else ESPEAK_VOICES)]
     return [Utterance(t, *voices[int(_u("v" + t) * len(voices))]) for t in sorted(pool, key=lambda t: _u("o" + t))]
 
 
@@ -87,8 +102,12 @@ def synthesize(u: Utterance, sample_rate: int = 16000) -> np.ndarray:
         out = os.path.join(tmp, "out.wav")
         if u.engine == "flite":
             cmd = [_need("flite", "flite"), "-voice", u.voice, "-t", u.text, "-o", out]
+            if u.stretch != 1.0:
+                cmd[1:1] = ["--setf", f"duration_stretch={u.stretch:g}"]
         else:
             cmd = [_need("espeak-ng", "espeak-ng"), "-v", u.voice, "-w", out, u.text]
+            if u.stretch != 1.0:
+                cmd[1:1] = ["-s", str(round(175 / u.stretch))]  # words per minute (175 is espeak-ng's default)
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wave, sr = sf.read(out, dtype="float32", always_2d=True)
     return resample(wave.mean(1), sr, sample_rate)
@@ -116,11 +135,12 @@ def read_audio(path: str | os.PathLike, sample_rate: int = 16000) -> np.ndarray:
 
 
 def load_speech(split: str = "train", n: int = 3000, sample_rate: int = 16000,
-                engines: Sequence[str] = SPEECH_SOURCES) -> tuple[list[np.ndarray], list[str], list[Utterance]]:
-    """Synthesized clips of `split` out of n rendered (cached): waves, texts and who spoke them."""
+                engines: Sequence[str] = SPEECH_SOURCES, words: str = "dictionary") -> tuple[list[np.ndarray], list[str], list[Utterance]]:
+    """Synthesized clips of `split` out of n rendered (cached): waves, texts and who spoke them (`words`: the
+    word set, see `utterances`)."""
     if split not in ("train", "validation", "test", "all"):
         raise ConfigError(f"unknown split {split!r}; use train, validation, test or all")
-    utts = utterances(n, engines)
+    utts = utterances(n, engines, words)
 
     def build():
         workers = max(1, min(8, os.cpu_count() or 1))
@@ -135,10 +155,12 @@ def load_speech(split: str = "train", n: int = 3000, sample_rate: int = 16000,
         audio = np.concatenate(waves).clip(-1, 1)
         return {"audio": (audio * 32767).round().astype(np.int16), "lengths": lengths}
 
-    data = cached_npz(f"speech_{'-'.join(engines)}_{n}_{sample_rate}.npz", build)
+    name = f"speech_{'-'.join(engines)}_{n}_{sample_rate}.npz" if words == "dictionary" else f"speech_{words}_{'-'.join(engines)}_{sample_rate}.npz"
+    data = cached_npz(name, build)
     ends = np.cumsum(data["lengths"])
     waves = [data["audio"][e - l : e].astype(np.float32) / 32767 for e, l in zip(ends, data["lengths"])]
-    keep = [i for i, u in enumerate(utts) if split == "all" or hash_split("speech-" + u.text) == split]
+    key = (lambda u: "speech-" + u.text) if words == "dictionary" else (lambda u: f"speech-{u.text}-{u.voice}-{u.stretch:g}")
+    keep = [i for i, u in enumerate(utts) if split == "all" or hash_split(key(u)) == split]
     return [waves[i] for i in keep], [utts[i].text for i in keep], [utts[i] for i in keep]
 
 

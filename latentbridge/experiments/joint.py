@@ -55,19 +55,25 @@ def _with_control(n: int, seed: int) -> list[tuple[str, list[int]]]:
 
 def eval_image_to_caption(cfg, run_dir: Path, codecs, prior, layout, task: Task, mix: TaskMixture, n: int, scales, progress) -> dict:
     from latentbridge.data.emoji import load_emoji
-    from latentbridge.data.images import load_images, load_scenes
+    from latentbridge.data.images import IMAGE_SOURCES, load_images, load_scenes
     from latentbridge.evaluate.text import minilm_similarity
 
     size = int(getattr(codecs[task.cond[0]].config, "image_size", 32))
-    images, names = load_emoji(size, "train")
-    pick = torch.randperm(len(names), generator=torch.Generator().manual_seed(cfg.seed))[:n].tolist()
-    held_images, held_names = load_emoji(size, "test")
-    digit_images, digit_captions = load_images(["digits"], "test", size)
-    scene_images, scene_captions, _ = load_scenes(size, "test", max(8, n // 4))
-    sets = {"emoji (seen)": ([images[i] for i in pick], [names[i] for i in pick]),
-            "emoji (held-out)": (list(held_images[: n // 4]), held_names[: n // 4]),
-            "digits (held-out images)": (list(digit_images[: n // 4]), digit_captions[: n // 4]),
-            "scenes (held-out)": (list(scene_images[: n // 4]), scene_captions[: n // 4])}
+    trained_on = set(task.data.sources or IMAGE_SOURCES)  # score the kinds of image the task learned
+    sets: dict[str, tuple[list, list[str]]] = {}
+    if "emoji" in trained_on:
+        images, names = load_emoji(size, "train")
+        pick = torch.randperm(len(names), generator=torch.Generator().manual_seed(cfg.seed))[:n].tolist()
+        held_images, held_names = load_emoji(size, "test")
+        sets["emoji (seen)"] = ([images[i] for i in pick], [names[i] for i in pick])
+        sets["emoji (held-out)"] = (list(held_images[: n // 4]), held_names[: n // 4])
+    if "digits" in trained_on:
+        digit_images, digit_captions = load_images(["digits"], "test", size)
+        sets["digits (held-out images)"] = (list(digit_images[: n // 2]), digit_captions[: n // 2])
+    if "scenes" in trained_on:
+        scene_images, scene_captions, _ = load_scenes(size, "test", max(8, n // 2))
+        sets["scenes (held-out)"] = (list(scene_images[: n // 2]), scene_captions[: n // 2])
+    grid_set = next(iter(sets), None)
     rows: dict[str, Any] = {"items": {k: len(v[1]) for k, v in sets.items()}}
     for g in scales:
         row: dict[str, float] = {}
@@ -82,7 +88,7 @@ def eval_image_to_caption(cfg, run_dir: Path, codecs, prior, layout, task: Task,
                 row[f"{control}{label} minilm"] = float(minilm_similarity(out, truth).mean())
                 if not control:
                     lines += [f"[{label}] truth: {t!r} -> generated: {o!r}" for t, o in zip(truth[:16], out[:16])]
-                    if label == "emoji (seen)":
+                    if label == grid_set:
                         caption_grid(imgs[:24], [f"→ {o}" for o in out[:24]], run_dir / "samples" / f"{task.name}_g{g:g}.png")
         (run_dir / "samples").mkdir(parents=True, exist_ok=True)
         (run_dir / "samples" / f"{task.name}_g{g:g}.txt").write_text("\n".join(lines) + "\n")

@@ -258,7 +258,7 @@ def evaluate_caption_to_image(cfg: ExperimentConfig, run_dir: Path, codecs, prio
     across guidance scales, each with shuffled captions as the control; writes samples/<task>_*_g<scale>.png
     and report.json[report_key] (none when report_key is None)."""
     from latentbridge.data.emoji import load_emoji
-    from latentbridge.data.images import DIGIT_NAMES, load_scenes
+    from latentbridge.data.images import DIGIT_NAMES, IMAGE_SOURCES, load_scenes
     from latentbridge.tasks import find_task, tasks_of
 
     task = task or find_task(tasks_of(cfg), None, cfg.task.target or None)
@@ -267,16 +267,20 @@ def evaluate_caption_to_image(cfg: ExperimentConfig, run_dir: Path, codecs, prio
     size = int(getattr(codecs[image_role].config, "image_size", 32))
     n = samples or min(cfg.eval.samples, 400)
     start = time.perf_counter()
-    retrieval = EmojiRetrieval(size)
-    classifier, classifier_acc = DigitClassifier.train_on_digits(size)
+    trained_on = set(task.data.sources or IMAGE_SOURCES)  # score the kinds of image the task learned
+    retrieval = EmojiRetrieval(size) if "emoji" in trained_on else None
+    classifier, classifier_acc = DigitClassifier.train_on_digits(size) if "digits" in trained_on else (None, float("nan"))
     checker = SceneChecker(size)
-    _, seen = load_emoji(size, "train")
-    _, unseen = load_emoji(size, "test")
-    pick = torch.randperm(len(seen), generator=torch.Generator().manual_seed(cfg.seed))[:n].tolist()
-    sets = {"emoji (seen names)": [seen[i] for i in pick], "emoji (held-out names)": unseen[: max(1, n // 4)]}
-    digit_labels = [i % 10 for i in range(max(10, n // 4))]
+    sets: dict[str, list[str]] = {}
+    if "emoji" in trained_on:
+        _, seen = load_emoji(size, "train")
+        _, unseen = load_emoji(size, "test")
+        pick = torch.randperm(len(seen), generator=torch.Generator().manual_seed(cfg.seed))[:n].tolist()
+        sets = {"emoji (seen names)": [seen[i] for i in pick], "emoji (held-out names)": unseen[: max(1, n // 4)]}
+    k = n // 4 if sets else n // 2  # digit and scene captions per scale: more when there are no emoji to score
+    digit_labels = [i % 10 for i in range(max(10, k))] if "digits" in trained_on else []
     digit_captions = [f"a handwritten digit {DIGIT_NAMES[d]}" for d in digit_labels]
-    real_scenes, scene_captions, scene_truth = load_scenes(size, "test", max(8, n // 4))
+    real_scenes, scene_captions, scene_truth = load_scenes(size, "test", max(8, k)) if "scenes" in trained_on else ([], [], [])
     multi = [i for i, sc in enumerate(scene_truth) if len(sc.objects) > 1]  # held-out combinations of 2-3 emoji
     scene_captions, scene_truth = [scene_captions[i] for i in multi], [scene_truth[i] for i in multi]
     _, real_ok = checker.check([real_scenes[i] for i in multi], scene_truth)
@@ -298,7 +302,7 @@ def evaluate_caption_to_image(cfg: ExperimentConfig, run_dir: Path, codecs, prio
                 row[f"{control}{label} top5"] = float((ranks < 5).float().mean())
                 if not control and label.endswith("(seen names)"):
                     caption_grid(images[:32], names[:32], run_dir / "samples" / f"{name}_emoji_g{g:g}.png")
-        for control, order in (("", list(range(len(digit_labels)))), ("shuffled ", _shuffled(len(digit_labels), cfg.seed + 2))):
+        for control, order in (("", list(range(len(digit_labels)))), ("shuffled ", _shuffled(len(digit_labels), cfg.seed + 2))) if digit_labels else ():
             images = gen([digit_captions[i] for i in order], g)
             row[f"{control}digit accuracy"] = float((classifier.predict(images) == torch.tensor(digit_labels)).float().mean())
             if not control:

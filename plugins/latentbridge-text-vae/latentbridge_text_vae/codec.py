@@ -73,6 +73,10 @@ class TextVAEConfig:
     """Latents per prior block (Cola DLM: 16); the decoder is block-causal over the same blocks."""
     max_tokens: int = 64
     """Longest text in tokens, [EOS] and phase padding included (a multiple of p); longer texts are cut."""
+    fill_block: bool = False
+    """Repeat [EOS] after a text up to a whole prior block (block_size latents), so every block the prior trains on
+    is full and a generated last block has no positions it never saw (use it for short texts such as captions;
+    max_tokens must then be a multiple of block_size * p)."""
     width: int = 256
     """Transformer width W of encoder and decoder."""
     heads: int = 4
@@ -104,6 +108,9 @@ class TextVAEConfig:
             raise ValueError(f"max_tokens ({self.max_tokens}) must be a multiple of tokens_per_latent ({p}) and at least {2 * p}")
         if not 0.0 <= self.mask_rate < 1.0:
             raise ValueError(f"mask_rate must lie in [0, 1), got {self.mask_rate}")
+        if self.fill_block and self.max_tokens % (p * self.block_size):
+            raise ValueError(f"fill_block: max_tokens ({self.max_tokens}) must be a multiple of block_size * tokens_per_latent "
+                             f"({self.block_size * p})")
 
 
 _WORDS = ("the a of to and in is that it for on with as was at by an be this from or have not are but one all "
@@ -165,6 +172,8 @@ class TextVAE(Codec):
         ids = ids[: c.max_tokens]
         if not ids:
             raise CodecOutputError("codec 'text-vae': an empty prompt has no latents; give at least one token of text")
+        if it.end and c.fill_block:
+            return ids + [self.eos_id] * (-len(ids) % (p * c.block_size))
         return ids + [self.pad_id] * (-len(ids) % p)
 
     def num_tokens(self, item: Any) -> int:

@@ -180,3 +180,18 @@ def test_stream_stops_at_the_end_marker(trained_p2):
     for text, out in zip(TEXTS[:3], stream.items()):
         first = codec.tokenizer.decode(ids(codec, text)[:2])
         assert first + out == text
+
+
+@pytest.mark.parametrize("p", [1, 2])
+def test_fill_block_repeats_the_end_marker_to_a_whole_block(p):
+    codec = TextVAE({**TINY, "tokens_per_latent": p, "fill_block": True})
+    grid = codec.token_ids("a big owl")
+    words = ids(codec, "a big owl")
+    assert len(grid) % (p * TINY["block_size"]) == 0
+    assert grid[: len(words)] == words and set(grid[len(words):]) == {codec.eos_id}
+    assert codec.num_tokens("a big owl") % TINY["block_size"] == 0
+    prompt = codec.token_ids(TextItem("a big", end=False))
+    assert codec.eos_id not in prompt  # prompts are not filled: they go on
+    assert codec.tokens_to_text(grid) == "a big owl"  # decoding stops at the first [EOS]
+    with pytest.raises(ValueError, match="fill_block: max_tokens"):
+        TextVAE({**TINY, "fill_block": True, "max_tokens": 30})
