@@ -127,7 +127,9 @@ def test_checkpoint_layout_and_retention(uninterrupted):
         assert (uninterrupted / name).exists(), name
     rows = [json.loads(line) for line in (uninterrupted / "metrics.jsonl").read_text().splitlines()]
     assert all({"step", "loss", "stage"} <= set(r) for r in rows)
-    assert {"reconstruction", "kl"} <= set(next(r for r in rows if r["stage"] == "codec"))  # named terms logged
+    codec_rows = {r["role"]: r for r in rows if r["stage"] == "codec"}  # both codecs' pre-stages, each row naming its codec
+    assert set(codec_rows) == {"label", "point"}
+    assert {"reconstruction", "kl"} <= set(codec_rows["point"]) and "cross_entropy" in codec_rows["label"]  # named terms logged
 
 
 def copy_run(src: Path, dst: Path) -> Path:
