@@ -184,6 +184,3 @@ class TaskBatch:
     """One step's collated batch of a mixture: per task, each role's collated items (or cached posteriors)."""
 
     parts: list[tuple[Task, dict[str, Any]]]
-
-    def __len__(self) -> int:
-        return len(self.parts)
