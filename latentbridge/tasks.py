@@ -31,7 +31,7 @@ from torch import Tensor
 
 from latentbridge.config import DataConfig, ExperimentConfig
 from latentbridge.errors import ConfigError
-from latentbridge.sequence import Example, Segment
+from latentbridge.sequence import Example, task_examples
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,8 +58,7 @@ class Task:
         bad = [r for r in self.cond if len(latents[r]) != n]
         if bad:
             raise ValueError(f"task {self.name}: role(s) {', '.join(bad)} have a different number of items than {self.target} ({n})")
-        return [[Segment(r, latents[r][i], "cond") for r in self.cond] + [Segment(self.target, latents[self.target][i], "target")]
-                for i in range(n)]
+        return task_examples(self.cond, self.target, latents)
 
 
 def tasks_of(cfg: ExperimentConfig) -> list[Task]:
@@ -171,12 +170,7 @@ class TaskMixture:
     def stats_sample(self, role: str, n: int) -> list[tuple[Task, dict[str, list]]]:
         """A fixed sample of `role`'s items (latent statistics), spread over the tasks that use it."""
         using = [t for t in self.tasks if role in t.roles]
-        counts = shares([t.weight for t in using], n)
-        out = []
-        for t, k in zip(using, counts):
-            raw = self.source(t).stats_sample(k)
-            out.append((t, raw))
-        return out
+        return [(t, self.source(t).stats_sample(k)) for t, k in zip(using, shares([t.weight for t in using], n))]
 
 
 @dataclasses.dataclass

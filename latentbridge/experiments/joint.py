@@ -181,7 +181,6 @@ def prior_fit(cfg: ExperimentConfig, codecs, prior, layout, task: Task, mix: Tas
     and with them dropped: the gap is what the prior takes from the condition."""
     from latentbridge.data.sources import field_for
     from latentbridge.flow import make_time_sampler
-    from latentbridge.sequence import Segment
     from latentbridge.train.objective import draw_noise, prior_loss
 
     src = mix.source(task)
