@@ -187,14 +187,17 @@ class DataConfig:
     """images: side of the square images in pixels (32 or 64)."""
     scenes: int = 4000
     """images: compositional scenes rendered for training (held-out splits get 1/20 as many)."""
+    scene_objects: list[str] | None = None
+    """images: the emoji scenes draw from, by name (null: all 32 of latentbridge.data.images.SCENE_VOCABULARY; fewer
+    are learned sooner); speech with `words: objects`: the object names spoken."""
     clips: int = 4000
     """speech: clips synthesized in all (split 90/5/5 by a hash of the text)."""
     sample_rate: int = 16000
     """speech: Hz the clips are resampled to (match the audio codec's sample_rate)."""
     words: Literal["dictionary", "objects"] = "dictionary"
     """speech: what is spoken. `dictionary`: words and names of the system word list, split by word (held-out words are
-    never heard); `objects`: the 42 names of the scene emoji and digits by every voice at five speeds, split by
-    rendition (a closed vocabulary; `clips` is not used)."""
+    never heard); `objects`: the names of the scene emoji (`scene_objects`) and of the 10 digits by every voice at five
+    speeds, split 80/10/10 by rendition (a closed vocabulary; `clips` is not used)."""
     path: str | None = None
     """A safetensors file with `points` [N, 2] and `labels` [N] to train on instead of sampling the ring."""
     num_classes: int = 8

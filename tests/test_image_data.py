@@ -59,6 +59,25 @@ def test_scenes_render_and_cache(tmp_path, monkeypatch):
     assert np.array_equal(im.load_scenes(32, "validation", 12)[0], images)
 
 
+def test_scenes_from_a_subset_of_the_vocabulary(tmp_path, monkeypatch):
+    monkeypatch.setenv("LATENTBRIDGE_CACHE", str(tmp_path))
+    few = ["frog", "tomato", "grapes", "lemon"]
+    chosen = im.scenes("train", 200, vocabulary=few)
+    assert {o.name for s in chosen for o in s.objects} == set(few)
+    assert any(len(s.objects) == 3 for s in chosen)
+    eight = [*few, "penguin", "bear", "pig", "carrot"]
+    combos = {split: {frozenset(o.name for o in s.objects) for s in im.scenes(split, 400, vocabulary=eight) if len(s.objects) > 1}
+              for split in ("train", "test")}
+    assert combos["test"] and not combos["test"] & combos["train"]  # held-out combinations stay out of training
+    images, _, truth = im.load_scenes(32, "validation", 6, vocabulary=few)
+    assert images.shape == (6, 32, 32, 3) and all(o.name in few for s in truth for o in s.objects)
+    assert len(list(tmp_path.glob("scenes_32_validation_6_0_*.npz"))) == 1  # cached apart from the full vocabulary's
+    with pytest.raises(ConfigError, match="not scene emoji.*choose from"):
+        im.scenes("train", 5, vocabulary=["frog", "unicorn", "lemon"])
+    with pytest.raises(ConfigError, match="at least 3 different"):
+        im.scenes("train", 5, vocabulary=["frog", "frog", "lemon"])
+
+
 def test_digits_have_captions_and_disjoint_splits():
     images, captions, labels = im.load_digits(32, "all")
     assert images.shape == (1797, 32, 32, 3) and captions[0] == "a handwritten digit zero" and labels[0] == 0

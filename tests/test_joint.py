@@ -87,6 +87,8 @@ def test_eval_scores_every_task_with_controls_and_writes_the_report(run, capsys)
                 assert k in tasks[name][g] and f"shuffled {k}" in tasks[name][g], (name, g, k)
     assert not any("emoji" in k for k in tasks["caption_to_image"]["guidance 1"])  # the demo's images are scenes and digits
     assert 0.0 <= tasks["text_to_speech"]["real clips WER"] < 0.5  # the recognizer hears real flite speech
+    assert tasks["caption_to_image"]["scene_checker_accuracy_on_real_scenes"] > 0.85  # the demo's 8 scene emoji
+    assert 0.0 <= tasks["caption_to_image"]["scene_checker_accuracy_on_codec_reconstructions"] <= 1.0
     assert set(report["prior_fit"]) == set(tasks) and "without condition" in report["prior_fit"]["caption_to_image"]
     assert set(report["codecs"]) == {"text", "image", "speech"}
     md = (run / "report.md").read_text()
@@ -150,6 +152,10 @@ def test_scene_checker_accepts_real_scenes_and_rejects_swapped_objects():
     order = _shuffled(len(truth), 0)
     _, wrong = checker.check([images[i] for i in order], truth)
     assert np.mean(wrong) < 0.2
+    few = ["frog", "tomato", "grapes", "lemon", "penguin", "bear", "pig", "carrot"]
+    images, _, truth = load_scenes(32, "test", 40, vocabulary=few)
+    checker = SceneChecker(32, few)
+    assert checker.names == few and np.mean(checker.check(list(images), truth)[1]) > 0.85
 
 
 def test_pretrained_codec_with_config_overrides(tmp_path, autoload_plugins):

@@ -88,6 +88,8 @@ def test_object_words_are_a_closed_vocabulary_split_by_rendition():
     assert {u.stretch for u in utts} == set(sp.SPEEDS)
     with pytest.raises(ConfigError, match="unknown word set"):
         sp.utterances(0, ["flite"], "sentences")
+    few = sp.utterances(0, ["flite"], "objects", ["frog", "tomato", "lemon"])
+    assert len(few) == 13 * 4 * 5 and {u.text for u in few} == {"frog", "tomato", "lemon", *DIGIT_NAMES}
 
 
 @pytest.mark.slow

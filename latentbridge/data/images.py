@@ -1,7 +1,7 @@
 """Images with captions that work offline (DATA.md, "Images with captions"), uint8 RGB [S, S, 3] on white.
 
     emoji    the Noto Color Emoji set with its names (latentbridge.data.emoji), split 90/5/5 by name
-    scenes   1-3 emoji of a fixed vocabulary at known positions and sizes, captioned from what was
+    scenes   1-3 emoji of a fixed vocabulary (32, or a subset: data.scene_objects) at known positions and sizes, captioned from what was
              placed ("a raccoon above a cucumber"); the truth of every scene is recorded (SceneObject)
     digits   scikit-learn's 1,797 handwritten 8x8 digits, dark ink on white, "a handwritten digit seven"
     photos   real photographs bundled with scikit-image and scikit-learn (held-out only: codec diagnostics)
@@ -34,6 +34,26 @@ SCENE_VOCABULARY = (
 RELATIONS = ("above", "below", "to the left of", "to the right of")
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 SCENE_SEEDS = {"train": 0, "validation": 1, "test": 2}
+
+
+def scene_vocabulary(names: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The emoji scenes draw from: `names` (a subset of SCENE_VOCABULARY, in the given order) or all 32."""
+    if names is None:
+        return SCENE_VOCABULARY
+    names = tuple(str(n) for n in names)
+    unknown = [n for n in names if n not in SCENE_VOCABULARY]
+    if unknown:
+        raise ConfigError(f"data.scene_objects: {unknown} are not scene emoji; choose from {', '.join(SCENE_VOCABULARY)}")
+    if len(set(names)) != len(names) or len(names) < 3:
+        raise ConfigError(f"data.scene_objects: give at least 3 different names (a scene holds up to 3), got {list(names)}")
+    return names
+
+
+def vocabulary_tag(names: Sequence[str] | None) -> str:
+    """'' for the full scene vocabulary, else '_' + a short hash of the names (for cache file names)."""
+    if names is None or tuple(names) == SCENE_VOCABULARY:
+        return ""
+    return "_" + hashlib.sha1(",".join(names).encode()).hexdigest()[:8]
 
 
 def hash_split(key: str, fractions: tuple[float, float] = (0.9, 0.95)) -> str:
@@ -104,13 +124,15 @@ def make_scene(rng: np.random.Generator, vocabulary: Sequence[str] = SCENE_VOCAB
     return Scene(objs, f"{_article(names[0])}, {_article(names[1])} and {_article(names[2])} in a row")
 
 
-def scenes(split: str, n: int, seed: int = 0) -> list[Scene]:
-    """The first n scenes of `split` (deterministic: a pure function of split, n and seed)."""
+def scenes(split: str, n: int, seed: int = 0, vocabulary: Sequence[str] | None = None) -> list[Scene]:
+    """The first n scenes of `split` drawn from `vocabulary` (null: all 32 emoji); deterministic: a pure
+    function of the arguments."""
     _check_split(split, SPLITS)
+    vocabulary = scene_vocabulary(vocabulary)
     rng = np.random.default_rng([seed, SCENE_SEEDS[split]])
     out: list[Scene] = []
     while len(out) < n:
-        scene = make_scene(rng)
+        scene = make_scene(rng, vocabulary)
         s = _scene_split([o.name for o in scene.objects])
         if s is None or s == split:
             out.append(scene)
@@ -145,15 +167,17 @@ def render_scene(scene: Scene, size: int) -> np.ndarray:
     return np.asarray(canvas.convert("RGB").resize((size, size), _lanczos()), dtype=np.uint8)
 
 
-def load_scenes(size: int = 32, split: str = "train", n: int = 4000, seed: int = 0) -> tuple[np.ndarray, list[str], list[Scene]]:
-    """n scenes of `split` rendered at size x size (cached): images, captions and the recorded truth."""
-    chosen = scenes(split, n, seed)
+def load_scenes(size: int = 32, split: str = "train", n: int = 4000, seed: int = 0,
+                vocabulary: Sequence[str] | None = None) -> tuple[np.ndarray, list[str], list[Scene]]:
+    """n scenes of `split` from `vocabulary` (null: all 32 emoji) rendered at size x size (cached): images,
+    captions and the recorded truth."""
+    chosen = scenes(split, n, seed, vocabulary)
 
     def build():
         images = np.stack([render_scene(s, size) for s in chosen])
         return {"images": images}
 
-    images = cached_npz(f"scenes_{size}_{split}_{n}_{seed}.npz", build)["images"]
+    images = cached_npz(f"scenes_{size}_{split}_{n}_{seed}{vocabulary_tag(vocabulary)}.npz", build)["images"]
     return images, [s.caption for s in chosen], chosen
 
 
@@ -245,10 +269,11 @@ def load_photos(size: int = 32) -> tuple[np.ndarray, list[str]]:
 
 
 def load_images(sources: Sequence[str], split: str, size: int = 32, scenes_per_split: int = 4000,
-                seed: int = 0) -> tuple[np.ndarray, list[str]]:
+                seed: int = 0, scene_objects: Sequence[str] | None = None) -> tuple[np.ndarray, list[str]]:
     """Images and captions of `split` from the named sources (emoji, scenes, digits), concatenated.
 
-    Held-out scene splits hold scenes_per_split // 20 scenes."""
+    Held-out scene splits hold scenes_per_split // 20 scenes, drawn like the training ones from
+    `scene_objects` (null: all 32 scene emoji)."""
     _check_split(split, SPLITS)
     unknown = [s for s in sources if s not in IMAGE_SOURCES]
     if unknown or not sources:
@@ -258,7 +283,8 @@ def load_images(sources: Sequence[str], split: str, size: int = 32, scenes_per_s
         if src == "emoji":
             im, cap = load_emoji(size, split)
         elif src == "scenes":
-            im, cap, _ = load_scenes(size, split, scenes_per_split if split == "train" else max(1, scenes_per_split // 20), seed)
+            im, cap, _ = load_scenes(size, split, scenes_per_split if split == "train" else max(1, scenes_per_split // 20), seed,
+                                    scene_objects)
         else:
             im, cap, _ = load_digits(size, split)
         images.append(im)

@@ -148,7 +148,7 @@ class ImageSource(ItemSource):
         from latentbridge.data.images import IMAGE_SOURCES, load_images
 
         self.cfg, self.sources = cfg, list(cfg.sources or IMAGE_SOURCES)
-        images, captions = load_images(self.sources, "train", cfg.image_size, cfg.scenes)
+        images, captions = load_images(self.sources, "train", cfg.image_size, cfg.scenes, scene_objects=cfg.scene_objects)
         super().__init__({"image": list(images), "caption": captions}, seed)
         self.held_out = {**{s: f"test {s}" for s in self.sources}, "photos": "photos (out of domain)"}
 
@@ -158,9 +158,9 @@ class ImageSource(ItemSource):
         if name == "photos":
             images, captions = load_photos(self.cfg.image_size)
         elif name in IMAGE_SOURCES:
-            images, captions = load_images([name], "test", self.cfg.image_size, self.cfg.scenes)
+            images, captions = load_images([name], "test", self.cfg.image_size, self.cfg.scenes, scene_objects=self.cfg.scene_objects)
         else:
-            images, captions = load_images(self.sources, name, self.cfg.image_size, self.cfg.scenes)
+            images, captions = load_images(self.sources, name, self.cfg.image_size, self.cfg.scenes, scene_objects=self.cfg.scene_objects)
         return {"image": list(images[:n] if n else images), "caption": captions[:n] if n else captions}
 
 
@@ -177,7 +177,7 @@ class SpeechSource(ItemSource):
         from latentbridge.data.speech import SPEECH_SOURCES, load_speech
 
         self.cfg, self.sources = cfg, list(cfg.sources or SPEECH_SOURCES)
-        waves, texts, _ = load_speech("train", cfg.clips, cfg.sample_rate, self.sources, cfg.words)
+        waves, texts, _ = load_speech("train", cfg.clips, cfg.sample_rate, self.sources, cfg.words, cfg.scene_objects)
         super().__init__({"audio": waves, "text": texts}, seed)
         self.held_out = {**{s: f"test {s}" for s in self.sources}, "recordings": "recordings (out of domain)"}
 
@@ -187,11 +187,11 @@ class SpeechSource(ItemSource):
         if name in ("recordings", "sounds"):
             waves, texts = load_recordings(self.cfg.sample_rate, name)
         elif name in SPEECH_SOURCES:  # the test clips of the configured set spoken by that engine
-            waves, texts, utts = load_speech("test", self.cfg.clips, self.cfg.sample_rate, self.sources, self.cfg.words)
+            waves, texts, utts = load_speech("test", self.cfg.clips, self.cfg.sample_rate, self.sources, self.cfg.words, self.cfg.scene_objects)
             keep = [i for i, u in enumerate(utts) if u.engine == name]
             waves, texts = [waves[i] for i in keep], [texts[i] for i in keep]
         else:
-            waves, texts, _ = load_speech(name, self.cfg.clips, self.cfg.sample_rate, self.sources, self.cfg.words)
+            waves, texts, _ = load_speech(name, self.cfg.clips, self.cfg.sample_rate, self.sources, self.cfg.words, self.cfg.scene_objects)
         return {"audio": waves[:n] if n else waves, "text": texts[:n] if n else texts}
 
 

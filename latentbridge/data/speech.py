@@ -5,8 +5,9 @@
                  one voice picked by a hash of the text; mono float32 at `sample_rate` (resampled with
                  torchaudio). Split 90/5/5 by a hash of the text, so a held-out word is never heard in
                  training. Rendered once per (count, rate) and cached (int16).
-    objects      the 42 names of the scene emoji and the digits ("owl", "seven"), each spoken by every voice
-                 at five speeds; split 90/5/5 by a hash of (word, voice, speed), so a held-out clip is a new
+    objects      the names of the scene emoji (all 32, or data.scene_objects) and the 10 digits ("owl",
+                 "seven"), each spoken by every voice at five speeds; split 80/10/10 by a hash of (word, voice,
+                 speed), so a held-out clip is a new
                  rendition of a word heard in training (a closed vocabulary: data.words = objects)
     recordings   the nine spoken clips of alsa-utils (/usr/share/sounds/alsa, 48 kHz): held-out only
     sounds       the named sound events of sound-theme-freedesktop (.oga): held-out only, not speech
@@ -69,9 +70,11 @@ def _u(key: str) -> float:
     return int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big") / 2**64
 
 
-def utterances(n: int, engines: Sequence[str] = SPEECH_SOURCES, words: str = "dictionary") -> list[Utterance]:
+def utterances(n: int, engines: Sequence[str] = SPEECH_SOURCES, words: str = "dictionary",
+               objects: Sequence[str] | None = None) -> list[Utterance]:
     """`dictionary`: n texts (3 words : 1 name), each with one voice of the given engines; `objects`: every scene
-    object and digit name by every voice at every speed (n is not used). A pure function of the arguments."""
+    object name (`objects`, null: all 32) and digit name by every voice at every speed (n is not used). A pure
+    function of the arguments."""
     bad = [e for e in engines if e not in SPEECH_SOURCES]
     if bad or not engines:
         raise ConfigError(f"data.sources: unknown speech engine(s) {bad or list(engines)}; choose from {', '.join(SPEECH_SOURCES)}")
@@ -79,9 +82,9 @@ def utterances(n: int, engines: Sequence[str] = SPEECH_SOURCES, words: str = "di
         raise ConfigError(f"data.words: unknown word set {words!r}; choose from {', '.join(WORD_SETS)}")
     voices = [(e, v) for e in engines for v in (FLITE_VOICES if e == "flite" else ESPEAK_VOICES)]
     if words == "objects":
-        from latentbridge.data.images import DIGIT_NAMES, SCENE_VOCABULARY
+        from latentbridge.data.images import DIGIT_NAMES, scene_vocabulary
 
-        return [Utterance(t, e, v, s) for t in (*SCENE_VOCABULARY, *DIGIT_NAMES) for e, v in voices for s in SPEEDS]
+        return [Utterance(t, e, v, s) for t in (*scene_vocabulary(objects), *DIGIT_NAMES) for e, v in voices for s in SPEEDS]
     words, names = vocabulary()
     pool = sorted(words, key=lambda w: _u("w" + w))[: (3 * n) // 4] + sorted(names, key=lambda w: _u("n" + w))[: n - (3 * n) // 4]
     return [Utterance(t, *voices[int(_u("v" + t) * len(voices))]) for t in sorted(pool, key=lambda t: _u("o" + t))]
@@ -135,12 +138,15 @@ def read_audio(path: str | os.PathLike, sample_rate: int = 16000) -> np.ndarray:
 
 
 def load_speech(split: str = "train", n: int = 3000, sample_rate: int = 16000,
-                engines: Sequence[str] = SPEECH_SOURCES, words: str = "dictionary") -> tuple[list[np.ndarray], list[str], list[Utterance]]:
-    """Synthesized clips of `split` out of n rendered (cached): waves, texts and who spoke them (`words`: the
-    word set, see `utterances`)."""
+                engines: Sequence[str] = SPEECH_SOURCES, words: str = "dictionary",
+                objects: Sequence[str] | None = None) -> tuple[list[np.ndarray], list[str], list[Utterance]]:
+    """Synthesized clips of `split` out of n rendered (cached): waves, texts and who spoke them (`words` and
+    `objects`: the word set, see `utterances`)."""
+    from latentbridge.data.images import vocabulary_tag
+
     if split not in ("train", "validation", "test", "all"):
         raise ConfigError(f"unknown split {split!r}; use train, validation, test or all")
-    utts = utterances(n, engines, words)
+    utts = utterances(n, engines, words, objects)
 
     def build():
         workers = max(1, min(8, os.cpu_count() or 1))
@@ -155,12 +161,13 @@ def load_speech(split: str = "train", n: int = 3000, sample_rate: int = 16000,
         audio = np.concatenate(waves).clip(-1, 1)
         return {"audio": (audio * 32767).round().astype(np.int16), "lengths": lengths}
 
-    name = f"speech_{'-'.join(engines)}_{n}_{sample_rate}.npz" if words == "dictionary" else f"speech_{words}_{'-'.join(engines)}_{sample_rate}.npz"
+    name = f"speech_{'-'.join(engines)}_{n}_{sample_rate}.npz" if words == "dictionary" else f"speech_{words}_{'-'.join(engines)}_{sample_rate}{vocabulary_tag(objects)}.npz"
     data = cached_npz(name, build)
     ends = np.cumsum(data["lengths"])
     waves = [data["audio"][e - l : e].astype(np.float32) / 32767 for e, l in zip(ends, data["lengths"])]
     key = (lambda u: "speech-" + u.text) if words == "dictionary" else (lambda u: f"speech-{u.text}-{u.voice}-{u.stretch:g}")
-    keep = [i for i, u in enumerate(utts) if split == "all" or hash_split(key(u)) == split]
+    fractions = (0.9, 0.95) if words == "dictionary" else (0.8, 0.9)  # objects: a small set, so a larger test share
+    keep = [i for i, u in enumerate(utts) if split == "all" or hash_split(key(u), fractions) == split]
     return [waves[i] for i in keep], [utts[i].text for i in keep], [utts[i] for i in keep]
 
 

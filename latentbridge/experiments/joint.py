@@ -71,7 +71,7 @@ def eval_image_to_caption(cfg, run_dir: Path, codecs, prior, layout, task: Task,
         digit_images, digit_captions = load_images(["digits"], "test", size)
         sets["digits (held-out images)"] = (list(digit_images[: n // 2]), digit_captions[: n // 2])
     if "scenes" in trained_on:
-        scene_images, scene_captions, _ = load_scenes(size, "test", max(8, n // 2))
+        scene_images, scene_captions, _ = load_scenes(size, "test", max(8, n // 2), vocabulary=task.data.scene_objects)
         sets["scenes (held-out)"] = (list(scene_images[: n // 2]), scene_captions[: n // 2])
     grid_set = next(iter(sets), None)
     rows: dict[str, Any] = {"items": {k: len(v[1]) for k, v in sets.items()}}

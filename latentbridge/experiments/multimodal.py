@@ -173,13 +173,13 @@ class DigitClassifier(nn.Module):
 
 class SceneChecker:
     """Whether the emoji a scene caption names appear where it says: each named object's box (from the
-    scene's recorded layout) is matched against the 32 scene-vocabulary emoji drawn at that size; an object
-    counts when its own emoji is the nearest, a scene when all of its objects do."""
+    scene's recorded layout) is matched against the scene emoji (`names`, null: all 32) drawn at that size;
+    an object counts when its own emoji is the nearest, a scene when all of its objects do."""
 
-    def __init__(self, size: int = 32) -> None:
-        from latentbridge.data.images import SCENE_VOCABULARY
+    def __init__(self, size: int = 32, names: Sequence[str] | None = None) -> None:
+        from latentbridge.data.images import scene_vocabulary
 
-        self.size, self.names = size, list(SCENE_VOCABULARY)
+        self.size, self.names = size, list(scene_vocabulary(names))
         self._refs: dict[float, Tensor] = {}
 
     def _box(self, x: float, y: float, side: float) -> tuple[int, int, int, int]:
@@ -270,7 +270,7 @@ def evaluate_caption_to_image(cfg: ExperimentConfig, run_dir: Path, codecs, prio
     trained_on = set(task.data.sources or IMAGE_SOURCES)  # score the kinds of image the task learned
     retrieval = EmojiRetrieval(size) if "emoji" in trained_on else None
     classifier, classifier_acc = DigitClassifier.train_on_digits(size) if "digits" in trained_on else (None, float("nan"))
-    checker = SceneChecker(size)
+    checker = SceneChecker(size, task.data.scene_objects)
     sets: dict[str, list[str]] = {}
     if "emoji" in trained_on:
         _, seen = load_emoji(size, "train")
@@ -281,12 +281,16 @@ def evaluate_caption_to_image(cfg: ExperimentConfig, run_dir: Path, codecs, prio
     digit_labels = [i % 10 for i in range(max(10, k))] if "digits" in trained_on else []
     digit_captions = [f"a handwritten digit {DIGIT_NAMES[d]}" for d in digit_labels]
     # held-out combinations of 2-3 emoji (a quarter of the test split: the rest are single emoji, in every split)
-    real_scenes, scene_captions, scene_truth = load_scenes(size, "test", 4 * max(8, k)) if "scenes" in trained_on else ([], [], [])
+    real_scenes, scene_captions, scene_truth = load_scenes(size, "test", 4 * max(8, k), vocabulary=task.data.scene_objects) if "scenes" in trained_on else ([], [], [])
     multi = [i for i, sc in enumerate(scene_truth) if len(sc.objects) > 1][: max(8, k)]
     scene_captions, scene_truth = [scene_captions[i] for i in multi], [scene_truth[i] for i in multi]
-    _, real_ok = checker.check([real_scenes[i] for i in multi], scene_truth)
-    rows: dict[str, Any] = {"digit_classifier_test_accuracy": classifier_acc,
-                            "scene_checker_accuracy_on_real_scenes": float(np.mean(real_ok)) if real_ok else float("nan")}
+    real_multi = [real_scenes[i] for i in multi]
+    _, real_ok = checker.check(real_multi, scene_truth)
+    image_codec = codecs[image_role]
+    _, recon_ok = checker.check(image_codec.decode(image_codec.encode_items(real_multi, sample=False)), scene_truth) if multi else ([], [])
+    rows: dict[str, Any] = {"digit_classifier_test_accuracy": classifier_acc,  # the evaluators' ceilings
+                            "scene_checker_accuracy_on_real_scenes": float(np.mean(real_ok)) if real_ok else float("nan"),
+                            "scene_checker_accuracy_on_codec_reconstructions": float(np.mean(recon_ok)) if recon_ok else float("nan")}
     name = task.name
 
     def gen(captions: list[str], g: float) -> list[np.ndarray]:
