@@ -1,8 +1,9 @@
 """Images with captions that work offline (DATA.md, "Images with captions"), uint8 RGB [S, S, 3] on white.
 
     emoji    the Noto Color Emoji set with its names (latentbridge.data.emoji), split 90/5/5 by name
-    scenes   1-3 emoji of a fixed vocabulary (32, or a subset: data.scene_objects) at known positions and sizes, captioned from what was
-             placed ("a raccoon above a cucumber"); the truth of every scene is recorded (SceneObject)
+    scenes   1-3 emoji of a fixed vocabulary (32, or a subset: data.scene_objects) at known positions
+             and sizes, captioned from what was placed ("a raccoon above a cucumber"); the truth of
+             every scene is recorded (SceneObject)
     digits   scikit-learn's 1,797 handwritten 8x8 digits, dark ink on white, "a handwritten digit seven"
     photos   real photographs bundled with scikit-image and scikit-learn (held-out only: codec diagnostics)
 

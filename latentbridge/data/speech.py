@@ -6,9 +6,9 @@
                  torchaudio). Split 90/5/5 by a hash of the text, so a held-out word is never heard in
                  training. Rendered once per (count, rate) and cached (int16).
     objects      the names of the scene emoji (all 32, or data.scene_objects) and the 10 digits ("owl",
-                 "seven"), each spoken by every voice at five speeds; split 80/10/10 by a hash of (word, voice,
-                 speed), so a held-out clip is a new
-                 rendition of a word heard in training (a closed vocabulary: data.words = objects)
+                 "seven"), each spoken by every voice at five speeds; split 80/10/10 by a hash of (word,
+                 voice, speed), so a held-out clip is a new rendition of a word heard in training (a closed
+                 vocabulary: data.words = objects)
     recordings   the nine spoken clips of alsa-utils (/usr/share/sounds/alsa, 48 kHz): held-out only
     sounds       the named sound events of sound-theme-freedesktop (.oga): held-out only, not speech
 """
