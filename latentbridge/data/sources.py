@@ -145,22 +145,27 @@ class ImageSource(ItemSource):
     fields = {"image": "image", "text": "caption"}
 
     def __init__(self, cfg: DataConfig, seed: int) -> None:
-        from latentbridge.data.images import IMAGE_SOURCES, load_images
+        from latentbridge.data.images import IMAGE_SOURCES
 
         self.cfg, self.sources = cfg, list(cfg.sources or IMAGE_SOURCES)
-        images, captions = load_images(self.sources, "train", cfg.image_size, cfg.scenes, scene_objects=cfg.scene_objects)
+        images, captions = self._load(self.sources, "train")
         super().__init__({"image": list(images), "caption": captions}, seed)
         self.held_out = {**{s: f"test {s}" for s in self.sources}, "photos": "photos (out of domain)"}
 
+    def _load(self, sources: list[str], split: str):
+        from latentbridge.data.images import load_images
+
+        return load_images(sources, split, self.cfg.image_size, self.cfg.scenes, scene_objects=self.cfg.scene_objects)
+
     def split(self, name: str, n: int | None = None) -> dict[str, list]:
-        from latentbridge.data.images import IMAGE_SOURCES, load_images, load_photos
+        from latentbridge.data.images import IMAGE_SOURCES, load_photos
 
         if name == "photos":
             images, captions = load_photos(self.cfg.image_size)
         elif name in IMAGE_SOURCES:
-            images, captions = load_images([name], "test", self.cfg.image_size, self.cfg.scenes, scene_objects=self.cfg.scene_objects)
+            images, captions = self._load([name], "test")
         else:
-            images, captions = load_images(self.sources, name, self.cfg.image_size, self.cfg.scenes, scene_objects=self.cfg.scene_objects)
+            images, captions = self._load(self.sources, name)
         return {"image": list(images[:n] if n else images), "caption": captions[:n] if n else captions}
 
 
@@ -174,24 +179,30 @@ class SpeechSource(ItemSource):
     fields = {"audio": "audio", "text": "text"}
 
     def __init__(self, cfg: DataConfig, seed: int) -> None:
-        from latentbridge.data.speech import SPEECH_SOURCES, load_speech
+        from latentbridge.data.speech import SPEECH_SOURCES
 
         self.cfg, self.sources = cfg, list(cfg.sources or SPEECH_SOURCES)
-        waves, texts, _ = load_speech("train", cfg.clips, cfg.sample_rate, self.sources, cfg.words, cfg.scene_objects)
+        waves, texts, _ = self._load("train")
         super().__init__({"audio": waves, "text": texts}, seed)
         self.held_out = {**{s: f"test {s}" for s in self.sources}, "recordings": "recordings (out of domain)"}
 
+    def _load(self, split: str):
+        from latentbridge.data.speech import load_speech
+
+        c = self.cfg
+        return load_speech(split, c.clips, c.sample_rate, self.sources, c.words, c.scene_objects)
+
     def split(self, name: str, n: int | None = None) -> dict[str, list]:
-        from latentbridge.data.speech import SPEECH_SOURCES, load_recordings, load_speech
+        from latentbridge.data.speech import SPEECH_SOURCES, load_recordings
 
         if name in ("recordings", "sounds"):
             waves, texts = load_recordings(self.cfg.sample_rate, name)
         elif name in SPEECH_SOURCES:  # the test clips of the configured set spoken by that engine
-            waves, texts, utts = load_speech("test", self.cfg.clips, self.cfg.sample_rate, self.sources, self.cfg.words, self.cfg.scene_objects)
+            waves, texts, utts = self._load("test")
             keep = [i for i, u in enumerate(utts) if u.engine == name]
             waves, texts = [waves[i] for i in keep], [texts[i] for i in keep]
         else:
-            waves, texts, _ = load_speech(name, self.cfg.clips, self.cfg.sample_rate, self.sources, self.cfg.words, self.cfg.scene_objects)
+            waves, texts, _ = self._load(name)
         return {"audio": waves[:n] if n else waves, "text": texts[:n] if n else texts}
 
 
