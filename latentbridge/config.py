@@ -84,6 +84,9 @@ class PriorSection:
     """MLP width multiple; null keeps 4."""
     attention: Literal["sdpa", "flex"] = "sdpa"
     """Attention kernel; `flex` applies on CUDA only."""
+    block_positions: bool = False
+    """Also give each token a learned embedding of its place within its block (for an image of one block: which
+    patch), beside RoPE's position in the sequence; false: RoPE alone."""
 
 
 @dataclasses.dataclass

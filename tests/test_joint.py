@@ -89,6 +89,9 @@ def test_eval_scores_every_task_with_controls_and_writes_the_report(run, capsys)
     assert 0.0 <= tasks["text_to_speech"]["real clips WER"] < 0.5  # the recognizer hears real flite speech
     assert tasks["caption_to_image"]["scene_checker_accuracy_on_real_scenes"] > 0.85  # the demo's 8 scene emoji
     assert 0.0 <= tasks["caption_to_image"]["scene_checker_accuracy_on_codec_reconstructions"] <= 1.0
+    scenes = tasks["caption_to_image"]["guidance 1"]
+    assert "shuffled scene arrangement (pairs)" in scenes and "scene arrangement (seen combinations)" in scenes
+    assert tasks["caption_to_image"]["items"]["scenes (held-out combinations)"] == tasks["caption_to_image"]["items"]["scenes (seen combinations)"]
     assert set(report["prior_fit"]) == set(tasks) and "without condition" in report["prior_fit"]["caption_to_image"]
     assert set(report["codecs"]) == {"text", "image", "speech"}
     md = (run / "report.md").read_text()
@@ -156,6 +159,23 @@ def test_scene_checker_accepts_real_scenes_and_rejects_swapped_objects():
     images, _, truth = load_scenes(32, "test", 40, vocabulary=few)
     checker = SceneChecker(32, few)
     assert checker.names == few and np.mean(checker.check(list(images), truth)[1]) > 0.85
+
+
+def test_multi_object_scenes_are_held_out_combinations_scored_by_kind():
+    from latentbridge.experiments.multimodal import SceneChecker, _combination, _shuffled, multi_object_scenes, scene_scores
+
+    few = ["frog", "tomato", "grapes", "lemon", "penguin", "bear", "pig", "carrot"]
+    images, captions, truth = multi_object_scenes(32, "test", 32, few)
+    assert len(images) == len(captions) == len(truth) == 32  # held-out pairs and rows are rare in the test split
+    _, _, seen = multi_object_scenes(32, "train", 32, few)
+    assert all(len(s.objects) > 1 for s in truth + seen)
+    assert not {_combination(s) for s in truth} & {_combination(s) for s in seen}
+    checker = SceneChecker(32, few)
+    right = scene_scores(checker, images, truth)
+    assert {"scene arrangement", "scene objects placed", "scene arrangement (pairs)", "scene arrangement (rows of three)"} <= set(right)
+    assert right["scene arrangement (pairs)"] == right["scene arrangement (rows of three)"] == 1.0
+    wrong = scene_scores(checker, [images[i] for i in _shuffled(32, 0)], truth)
+    assert wrong["scene arrangement"] < 0.2 and wrong["scene objects placed"] < 0.5
 
 
 def test_pretrained_codec_with_config_overrides(tmp_path, autoload_plugins):

@@ -12,6 +12,7 @@ import torch
 from latentbridge.flow import LogitNormal, Uniform
 from latentbridge.pipeline import generate_latents
 from latentbridge.prior import BlockCausalDiT, TokenMeta, block_causal_mask, prior_config
+from latentbridge.prior.masks import index_in_block
 from latentbridge.sequence import Segment, SequenceLayout, Stream, drop_conditions, pack, unpack
 from latentbridge.train.objective import draw_noise, prior_loss
 
@@ -137,9 +138,9 @@ def test_drop_conditions():
 # --------------------------------------------------------------------------------------------------
 
 
-def make_prior(dtype=torch.float32, seed=0) -> BlockCausalDiT:
+def make_prior(dtype=torch.float32, seed=0, block_positions=0) -> BlockCausalDiT:
     torch.manual_seed(seed)
-    prior = BlockCausalDiT(prior_config("tiny", LAYOUT.dims)).to(dtype)
+    prior = BlockCausalDiT(prior_config("tiny", LAYOUT.dims, block_positions=block_positions)).to(dtype)
     with torch.no_grad():  # leave zero-init so outputs depend on every path
         for p in prior.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -152,10 +153,10 @@ def test_zero_initialised_output():
     assert torch.equal(prior(p.values, p.t, p.codec, p.meta), torch.zeros_like(p.values))
 
 
-@pytest.mark.parametrize("seed", range(3))
-def test_causality_later_blocks_and_noisy_tokens_do_not_leak(seed):
+@pytest.mark.parametrize("seed,places", [(0, 0), (1, 0), (2, 0), (0, 4)])
+def test_causality_later_blocks_and_noisy_tokens_do_not_leak(seed, places):
     rng = random.Random(seed)
-    prior = make_prior(torch.float64)
+    prior = make_prior(torch.float64, block_positions=places)
     examples = random_examples(rng, 3, torch.float64)
     p = pack(examples, LAYOUT, row_length=80)
     t = torch.rand(p.t.shape, dtype=torch.float64) * p.meta.noisy
@@ -209,8 +210,9 @@ def mixed_prompts(dtype):
 
 @pytest.mark.parametrize("guidance", [1.0, 3.0, [2.0, 0.5]])
 @pytest.mark.parametrize("solver", ["euler", "heun"])
-def test_cached_generation_equals_uncached(guidance, solver):
-    prior = make_prior(torch.float32)
+@pytest.mark.parametrize("places", [0, 4])
+def test_cached_generation_equals_uncached(guidance, solver, places):
+    prior = make_prior(torch.float32, block_positions=places)
     kwargs = dict(target="text", num_tokens=8, steps=3, solver=solver, guidance=guidance)
     a = generate_latents(prior, LAYOUT, mixed_prompts(torch.float32), use_cache=True, generator=torch.Generator().manual_seed(0), **kwargs)
     b = generate_latents(prior, LAYOUT, mixed_prompts(torch.float32), use_cache=False, generator=torch.Generator().manual_seed(0), **kwargs)
@@ -223,6 +225,30 @@ def test_cached_equals_uncached_over_many_blocks_without_a_prompt():
     a = generate_latents(prior, LAYOUT, [[], []], "text", 15, steps=2, use_cache=True, generator=torch.Generator().manual_seed(0))
     b = generate_latents(prior, LAYOUT, [[], []], "text", 15, steps=2, use_cache=False, generator=torch.Generator().manual_seed(0))
     assert max(float((x - y).abs().max()) for x, y in zip(a, b)) <= 1e-12
+
+
+def test_index_in_block_counts_places_within_each_block_of_each_sample():
+    p = pack(random_examples(random.Random(4), 5), LAYOUT, row_length=80)
+    got = index_in_block(p.meta)
+    for r in range(got.shape[0]):
+        for sample, block in {(int(a), int(b)) for a, b in zip(p.meta.sample[r], p.meta.block[r]) if a >= 0}:
+            where = (p.meta.sample[r] == sample) & (p.meta.block[r] == block)
+            pos = p.meta.position[r][where]
+            assert torch.equal(got[r][where], pos - pos.min())  # the clean and noisy copies share places
+    assert int(got.max()) == max(s.block_size for s in LAYOUT.streams.values()) - 1
+
+
+def test_block_positions_feed_each_token_its_place():
+    assert make_prior().block_pos is None  # off by default: RoPE alone, as before
+    prior = make_prior(torch.float64, block_positions=4)
+    p = pack(random_examples(random.Random(6), 3, torch.float64), LAYOUT, row_length=80)
+    t = torch.rand(p.t.shape, dtype=torch.float64) * p.meta.noisy
+    base = prior(p.values, t, p.codec, p.meta)
+    with torch.no_grad():
+        prior.block_pos.weight.copy_(prior.block_pos.weight.roll(1, dims=0))  # every place gets another's embedding
+    moved = prior(p.values, t, p.codec, p.meta)
+    real = p.meta.sample >= 0
+    assert not torch.allclose(moved[real], base[real], atol=1e-6)
 
 
 def test_generation_is_deterministic_and_repaint_keeps_prefix_context():

@@ -19,7 +19,7 @@ from latentbridge.config import load_config
 from latentbridge.errors import CheckpointError, ConfigError
 from latentbridge.experiments.toy import train
 from latentbridge.plugins import build_registry, make_plugin_manager
-from latentbridge.train.checkpoint import PAUSE_ENV, latest_checkpoint
+from latentbridge.train.checkpoint import PAUSE_ENV, STEP_PAUSE_ENV, latest_checkpoint
 from latentbridge.train.trainer import TrainingError
 
 ROOT = Path(__file__).parents[1]
@@ -37,6 +37,19 @@ def reg():
 def losses(run_dir: Path, stage: str = "prior") -> dict[int, float]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
     return {r["step"]: r["loss"] for r in rows if r["stage"] == stage}
+
+
+def logged_steps(run_dir: Path) -> int:
+    """The last prior step a running training has logged (-1: none yet); a line still being written is skipped."""
+    path, last = run_dir / "metrics.jsonl", -1
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row.get("stage") == "prior":
+            last = max(last, row["step"])
+    return last
 
 
 def cli_env() -> dict[str, str]:
@@ -70,8 +83,8 @@ def uninterrupted(tmp_path_factory, reg) -> Path:
 @pytest.mark.slow
 def test_sigkill_mid_training_then_resume_logs_the_same_losses(tmp_path, uninterrupted, reg):
     run_dir = tmp_path / "run"
-    proc = start_training(run_dir)
-    wait_for(lambda: max(losses(run_dir), default=-1) >= 24 if (run_dir / "metrics.jsonl").exists() else False, proc)
+    proc = start_training(run_dir, env={STEP_PAUSE_ENV: "0.2"})  # 6 steps (over a second) between the kill point and step 30
+    wait_for(lambda: logged_steps(run_dir) >= 24, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert latest_checkpoint(run_dir / "checkpoints").name == "step_0000020"

@@ -229,6 +229,37 @@ def _shuffled(n: int, seed: int) -> list[int]:
     return successor[torch.argsort(perm)].tolist()  # example i gets the caption of the one after it in the cycle
 
 
+def _combination(scene) -> tuple[str, ...]:
+    return tuple(sorted(o.name for o in scene.objects))
+
+
+def multi_object_scenes(size: int, split: str, n: int, vocabulary: Sequence[str] | None) -> tuple[list[np.ndarray], list[str], list[Any]]:
+    """The first n scenes of `split` with 2-3 emoji (images, captions, truth). In the test split these are the
+    held-out combinations; single-emoji scenes (in every split) are skipped, so enough scenes are drawn to hold n."""
+    from latentbridge.data.images import load_scenes, scenes
+
+    drawn, found = 0, 0
+    for drawn, scene in enumerate(scenes(split, 16 * n, vocabulary=vocabulary), 1):  # no rendering: how many to load
+        found += len(scene.objects) > 1
+        if found == n:
+            break
+    images, captions, truth = load_scenes(size, split, drawn, vocabulary=vocabulary)
+    multi = [i for i, sc in enumerate(truth) if len(sc.objects) > 1]
+    return [images[i] for i in multi], [captions[i] for i in multi], [truth[i] for i in multi]
+
+
+def scene_scores(checker: SceneChecker, images: Sequence[np.ndarray], truth: Sequence[Any]) -> dict[str, float]:
+    """Scene arrangement (all of a scene's emoji right), by kind (pairs, rows of three) and per object."""
+    objects, whole = checker.check(images, truth)
+    kinds = np.array([len(s.objects) for s in truth])
+    whole = np.array(whole, dtype=float)
+    out = {"scene arrangement": float(whole.mean()), "scene objects placed": float(np.mean(objects))}
+    for k, label in ((2, "pairs"), (3, "rows of three")):
+        if (kinds == k).any():
+            out[f"scene arrangement ({label})"] = float(whole[kinds == k].mean())
+    return out
+
+
 def caption_grid(images: Sequence[np.ndarray], captions: Sequence[str], path: Path, per_row: int = 8) -> Path:
     """A figure of generated images with their captions as titles."""
     import matplotlib
@@ -258,7 +289,7 @@ def evaluate_caption_to_image(cfg: ExperimentConfig, run_dir: Path, codecs, prio
     across guidance scales, each with shuffled captions as the control; writes samples/<task>_*_g<scale>.png
     and report.json[report_key] (none when report_key is None)."""
     from latentbridge.data.emoji import load_emoji
-    from latentbridge.data.images import DIGIT_NAMES, IMAGE_SOURCES, load_scenes
+    from latentbridge.data.images import DIGIT_NAMES, IMAGE_SOURCES
     from latentbridge.tasks import find_task, tasks_of
 
     task = task or find_task(tasks_of(cfg), None, cfg.task.target or None)
@@ -280,14 +311,13 @@ def evaluate_caption_to_image(cfg: ExperimentConfig, run_dir: Path, codecs, prio
     k = n // 4 if sets else n // 2  # digit and scene captions per scale: more when there are no emoji to score
     digit_labels = [i % 10 for i in range(max(10, k))] if "digits" in trained_on else []
     digit_captions = [f"a handwritten digit {DIGIT_NAMES[d]}" for d in digit_labels]
-    # held-out combinations of 2-3 emoji (a quarter of the test split: the rest are single emoji, in every split)
-    real_scenes, scene_captions, scene_truth = load_scenes(size, "test", 4 * max(8, k), vocabulary=task.data.scene_objects) if "scenes" in trained_on else ([], [], [])
-    multi = [i for i, sc in enumerate(scene_truth) if len(sc.objects) > 1][: max(8, k)]
-    scene_captions, scene_truth = [scene_captions[i] for i in multi], [scene_truth[i] for i in multi]
-    real_multi = [real_scenes[i] for i in multi]
+    # held-out combinations of 2-3 emoji, and as a diagnostic (fit, not generalisation) combinations seen in training
+    vocabulary = task.data.scene_objects
+    real_multi, scene_captions, scene_truth = multi_object_scenes(size, "test", max(8, k), vocabulary) if "scenes" in trained_on else ([], [], [])
+    _, seen_captions, seen_truth = multi_object_scenes(size, "train", max(8, k), vocabulary) if "scenes" in trained_on else ([], [], [])
     _, real_ok = checker.check(real_multi, scene_truth)
     image_codec = codecs[image_role]
-    _, recon_ok = checker.check(image_codec.decode(image_codec.encode_items(real_multi, sample=False)), scene_truth) if multi else ([], [])
+    _, recon_ok = checker.check(image_codec.decode(image_codec.encode_items(real_multi, sample=False)), scene_truth) if real_multi else ([], [])
     rows: dict[str, Any] = {"digit_classifier_test_accuracy": classifier_acc,  # the evaluators' ceilings
                             "scene_checker_accuracy_on_real_scenes": float(np.mean(real_ok)) if real_ok else float("nan"),
                             "scene_checker_accuracy_on_codec_reconstructions": float(np.mean(recon_ok)) if recon_ok else float("nan")}
@@ -315,14 +345,16 @@ def evaluate_caption_to_image(cfg: ExperimentConfig, run_dir: Path, codecs, prio
         if scene_truth:
             for control, order in (("", list(range(len(scene_truth)))), ("shuffled ", _shuffled(len(scene_truth), cfg.seed + 3))):
                 images = gen([scene_captions[i] for i in order], g)
-                objects, whole = checker.check(images, scene_truth)
-                row[f"{control}scene arrangement"] = float(np.mean(whole))
-                row[f"{control}scene objects placed"] = float(np.mean(objects))
+                row |= {f"{control}{key}": v for key, v in scene_scores(checker, images, scene_truth).items()}
                 if not control:
                     caption_grid(images[:16], scene_captions[:16], run_dir / "samples" / f"{name}_scenes_g{g:g}.png")
+            seen = scene_scores(checker, gen(seen_captions, g), seen_truth)  # no control: a diagnostic of fit
+            row |= {f"{key} (seen combinations)": v for key, v in seen.items() if key in ("scene arrangement", "scene objects placed")}
         rows[f"guidance {g:g}"] = row
     rows["eval_s"] = round(time.perf_counter() - start, 1)
-    rows["items"] = {k: len(v) for k, v in sets.items()} | {"digits": len(digit_labels), "scenes (held-out combinations)": len(scene_truth)}
+    rows["items"] = {k: len(v) for k, v in sets.items()} | {"digits": len(digit_labels), "scenes (held-out combinations)": len(scene_truth),
+                                                           "held-out combinations": len({_combination(s) for s in scene_truth}),
+                                                           "scenes (seen combinations)": len(seen_truth)}
     if report_key:
         path = run_dir / "report.json"
         report = json.loads(path.read_text()) if path.is_file() else {}

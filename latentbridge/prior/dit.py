@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from latentbridge.prior.cache import KVCache
 from latentbridge.prior.layers import DiTBlock, FinalLayer, RotaryEmbedding, TimestepEmbedder
-from latentbridge.prior.masks import TokenMeta, block_causal_mask, visible
+from latentbridge.prior.masks import TokenMeta, block_causal_mask, index_in_block, visible
 
 
 @dataclasses.dataclass
@@ -42,6 +42,9 @@ class PriorConfig:
     """RoPE base period."""
     attention: Literal["sdpa", "flex"] = "sdpa"
     """Attention kernel: SDPA with a boolean mask, or FlexAttention with a block mask (CUDA only)."""
+    block_positions: int = 0
+    """Size of a learned table of places within a block (an image's patch place), added to each token's input
+    beside RoPE's sequence position; 0: none (RoPE alone)."""
 
 
 PRESETS: dict[str, dict[str, int]] = {
@@ -70,6 +73,7 @@ class BlockCausalDiT(nn.Module):
         self.dmax = max(dims)
         self.in_proj = nn.ModuleList(nn.Linear(d, w) for d in dims)
         self.codec_embed = nn.Embedding(len(dims), w)
+        self.block_pos = nn.Embedding(config.block_positions, w) if config.block_positions else None
         self.t_embed = TimestepEmbedder(w)
         self.rope = RotaryEmbedding(w // config.heads, config.rope_fraction, config.rope_base)
         self.blocks = nn.ModuleList(DiTBlock(w, config.heads, config.mlp_ratio) for _ in range(config.depth))
@@ -83,6 +87,8 @@ class BlockCausalDiT(nn.Module):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
         nn.init.normal_(self.codec_embed.weight, std=0.02)
+        if self.block_pos is not None:
+            nn.init.normal_(self.block_pos.weight, std=0.02)
         for mlp in (self.t_embed.mlp[0], self.t_embed.mlp[2]):
             nn.init.normal_(mlp.weight, std=0.02)
         for block in self.blocks:  # adaLN-Zero (re-zero after the xavier pass above)
@@ -142,6 +148,8 @@ class BlockCausalDiT(nn.Module):
         keys = meta if cache is None else cache.keys_meta(meta)
         mask = self.attention_mask(meta, keys)
         h = self.embed(x, codec)  # [B, L, W]
+        if self.block_pos is not None:
+            h = h + self.block_pos(index_in_block(meta).clamp_max(self.config.block_positions - 1))
         c = self.t_embed(t)  # [B, L, W]
         cos_sin = self.rope.angles(meta.position)
         for i, block in enumerate(self.blocks):

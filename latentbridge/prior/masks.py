@@ -42,6 +42,20 @@ class TokenMeta:
         return TokenMeta(*(torch.cat([getattr(m, f.name) for m in metas], dim=1) for f in dataclasses.fields(TokenMeta)))
 
 
+def index_in_block(meta: TokenMeta) -> Tensor:
+    """[B, L] int64: each token's place within its block (0 .. block size - 1): its position minus the first
+    position of the tokens of its sample and block. Every set of tokens the prior runs on holds whole blocks (a
+    training row, a prefilled context, one generated block), so for an image of one block this is its patch place."""
+    b, n = meta.sample.shape
+    row = torch.arange(b, device=meta.sample.device)[:, None].expand(b, n)
+    key = torch.stack([row, meta.sample, meta.block], dim=-1).reshape(-1, 3)
+    _, group = torch.unique(key, dim=0, return_inverse=True)
+    pos = meta.position.reshape(-1)
+    start = torch.full((int(group.max()) + 1,), torch.iinfo(pos.dtype).max, dtype=pos.dtype, device=pos.device)
+    start = start.scatter_reduce(0, group, pos, reduce="amin")
+    return (pos - start[group]).reshape(b, n)
+
+
 def visible(q_sample, q_block, q_noisy, k_sample, k_block, k_noisy):
     """The rule on broadcastable metadata tensors (also usable as a FlexAttention mask_mod body)."""
     same = (q_sample == k_sample) & (q_sample >= 0)

@@ -21,6 +21,7 @@ import copy
 import importlib.util
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -41,7 +42,7 @@ from latentbridge.plugins import provider_of
 from latentbridge.prior import BlockCausalDiT, prior_config
 from latentbridge.sequence import SequenceLayout, drop_conditions
 from latentbridge.tasks import TaskBatch, tasks_of
-from latentbridge.train.checkpoint import clean_partial, latest_checkpoint, load_checkpoint, save_checkpoint
+from latentbridge.train.checkpoint import STEP_PAUSE_ENV, clean_partial, latest_checkpoint, load_checkpoint, save_checkpoint
 from latentbridge.train.objective import draw_noise, prior_loss
 
 # Changing any of these between a checkpoint and a resume changes what the weights mean.
@@ -63,7 +64,9 @@ def lr_schedule(step: int, warmup: int, total: int) -> float:
 def experiment_prior_config(cfg: ExperimentConfig, layout: SequenceLayout):
     """The PriorConfig an experiment's `prior` section and codec widths describe."""
     p = cfg.prior
-    return prior_config(p.preset, layout.dims, width=p.width, depth=p.depth, heads=p.heads, mlp_ratio=p.mlp_ratio, attention=p.attention)
+    places = max(s.block_size for s in layout.streams.values()) if p.block_positions else 0
+    return prior_config(p.preset, layout.dims, width=p.width, depth=p.depth, heads=p.heads, mlp_ratio=p.mlp_ratio, attention=p.attention,
+                        block_positions=places)
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -271,6 +274,7 @@ class Trainer:
         bar = tqdm(range(self.start_step, self.steps), initial=self.start_step, total=self.steps, desc=" ".join(filter(None, [self.stage, self._row_role])),
                    disable=not (self.progress and acc.is_main_process), dynamic_ncols=True)
         start = time.perf_counter()
+        pause = float(os.environ.get(STEP_PAUSE_ENV, "0") or 0)
         self.wrapped.train()
         for step in bar:
             self.optimizer.zero_grad(set_to_none=True)
@@ -310,6 +314,8 @@ class Trainer:
                     acc.log({k: v for k, v in row.items() if isinstance(v, float)}, step=step)
             if self.checkpoints and t.checkpoint_every and (done % t.checkpoint_every == 0 or done == self.steps):
                 self.save(done)
+            if pause:
+                time.sleep(pause)
         self.wrapped.eval()
         if acc.is_main_process:
             plot_losses(self.run_dir)
