@@ -348,8 +348,9 @@ def evaluate_caption_to_image(cfg: ExperimentConfig, run_dir: Path, codecs, prio
                 row |= {f"{control}{key}": v for key, v in scene_scores(checker, images, scene_truth).items()}
                 if not control:
                     caption_grid(images[:16], scene_captions[:16], run_dir / "samples" / f"{name}_scenes_g{g:g}.png")
-            seen = scene_scores(checker, gen(seen_captions, g), seen_truth)  # no control: a diagnostic of fit
-            row |= {f"{key} (seen combinations)": v for key, v in seen.items() if key in ("scene arrangement", "scene objects placed")}
+            if seen_truth:  # no control: a diagnostic of fit
+                seen = scene_scores(checker, gen(seen_captions, g), seen_truth)
+                row |= {f"{key} (seen combinations)": v for key, v in seen.items() if key in ("scene arrangement", "scene objects placed")}
         rows[f"guidance {g:g}"] = row
     rows["eval_s"] = round(time.perf_counter() - start, 1)
     rows["items"] = {k: len(v) for k, v in sets.items()} | {"digits": len(digit_labels), "scenes (held-out combinations)": len(scene_truth),
