@@ -19,8 +19,8 @@ from latentbridge.config import load_config
 from latentbridge.errors import CheckpointError, ConfigError
 from latentbridge.experiments.toy import train
 from latentbridge.plugins import build_registry, make_plugin_manager
-from latentbridge.train.checkpoint import PAUSE_ENV, STEP_PAUSE_ENV, latest_checkpoint
-from latentbridge.train.trainer import TrainingError
+from latentbridge.train.checkpoint import PAUSE_ENV, latest_checkpoint
+from latentbridge.train.trainer import STEP_PAUSE_ENV, TrainingError
 
 ROOT = Path(__file__).parents[1]
 CONFIG = ROOT / "configs" / "toy_label_to_vector.yaml"

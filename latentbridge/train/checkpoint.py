@@ -30,7 +30,6 @@ from latentbridge.errors import CheckpointError
 
 LATEST = "latest"
 PAUSE_ENV = "LATENTBRIDGE_CHECKPOINT_PAUSE_S"  # fault injection for tests: sleep mid-write
-STEP_PAUSE_ENV = "LATENTBRIDGE_STEP_PAUSE_S"  # fault injection for tests: sleep after each step (a kill lands between checkpoints)
 
 
 def step_name(step: int) -> str:

@@ -42,8 +42,10 @@ from latentbridge.plugins import provider_of
 from latentbridge.prior import BlockCausalDiT, prior_config
 from latentbridge.sequence import SequenceLayout, drop_conditions
 from latentbridge.tasks import TaskBatch, tasks_of
-from latentbridge.train.checkpoint import STEP_PAUSE_ENV, clean_partial, latest_checkpoint, load_checkpoint, save_checkpoint
+from latentbridge.train.checkpoint import clean_partial, latest_checkpoint, load_checkpoint, save_checkpoint
 from latentbridge.train.objective import draw_noise, prior_loss
+
+STEP_PAUSE_ENV = "LATENTBRIDGE_STEP_PAUSE_S"  # fault injection for tests: sleep after each step (a kill lands between checkpoints)
 
 # Changing any of these between a checkpoint and a resume changes what the weights mean.
 ARCHITECTURE_KEYS = ("prior", "codecs", "task", "train.stage", "train.codec_role")
