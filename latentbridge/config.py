@@ -84,9 +84,10 @@ class PriorSection:
     """MLP width multiple; null keeps 4."""
     attention: Literal["sdpa", "flex"] = "sdpa"
     """Attention kernel; `flex` applies on CUDA only."""
-    block_positions: bool = False
+    block_positions: bool | list[str] = False
     """Also give each token a learned embedding of its place within its block (for an image of one block: which
-    patch), beside RoPE's position in the sequence; false: RoPE alone."""
+    patch), beside RoPE's position in the sequence: true for every codec's tokens, a list of codec roles (e.g.
+    [image]) for theirs only; false: RoPE alone."""
 
 
 @dataclasses.dataclass

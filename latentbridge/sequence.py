@@ -99,9 +99,12 @@ class PackedBatch:
         return self.meta.noisy & ~self.cond & self.valid
 
 
-def _example_tokens(example: Example, layout: SequenceLayout, two_copies: bool) -> tuple[list[tuple], list[Tensor]]:
+def _example_tokens(example: Example, layout: SequenceLayout, two_copies: bool,
+                    unread_clean: bool = True) -> tuple[list[tuple], list[Tensor]]:
     """Token table of one example: the clean copy of every segment, then the noisy copy of the targets.
 
+    With `unread_clean` False (two-copy layout only) the clean copies that no noisy token attends to --
+    blocks at or after the example's last target block -- are left out; the loss is unchanged.
     Returns per-token tuples (codec id, block, noisy, position, cond, segment) and the latents in order.
     """
     rows: list[tuple] = []
@@ -125,6 +128,12 @@ def _example_tokens(example: Example, layout: SequenceLayout, two_copies: bool) 
             noisy_latents.append(lat)
         block += -(-n // stream.block_size)
         position += n
+    if two_copies and not unread_clean and noisy_rows:
+        # a noisy token of block b reads the clean copies of blocks < b only
+        last = noisy_rows[-1][1]
+        kept = [int(sum(r[1] < last for r in rows if r[5] == s)) for s in range(len(example))]  # a prefix of each segment
+        rows = [r for r in rows if r[1] < last]
+        latents = [lat[:k] for lat, k in zip(latents, kept) if k]
     return rows + noisy_rows, latents + noisy_latents
 
 
@@ -134,16 +143,18 @@ def pack(
     *,
     two_copies: bool = True,
     row_length: int | None = None,
+    unread_clean: bool = True,
 ) -> PackedBatch:
     """Pack examples into rows.
 
-    row_length None: one example per row, padded to the longest. Otherwise examples fill rows of
-    `row_length` tokens in order (a new row when the next one does not fit); sample ids are the
-    examples' indices.
+    row_length None: one example per row, padded to the longest. Otherwise each example, in order,
+    goes to the first row with room for it (first fit; a new row when none has), so a row's examples
+    still follow each other without padding; sample ids are the examples' indices. `unread_clean`
+    False drops the clean copies no noisy token reads (training needs them not; see _example_tokens).
     """
     if not examples:
         raise ValueError("pack needs at least one example")
-    tables = [_example_tokens(ex, layout, two_copies) for ex in examples]
+    tables = [_example_tokens(ex, layout, two_copies, unread_clean) for ex in examples]
     lengths = [len(rows) for rows, _ in tables]
     # where each example starts: (row, column)
     starts: list[tuple[int, int]] = []
@@ -151,15 +162,16 @@ def pack(
         starts = [(i, 0) for i in range(len(examples))]
         width = max(lengths)
     else:
-        width, row, used = row_length, -1, row_length
+        width, used = row_length, []
         for i, n in enumerate(lengths):
             if n > row_length:
                 raise ValueError(f"example {i} has {n} tokens, more than row_length={row_length}; raise row_length")
-            if used + n > row_length:
-                row, used = row + 1, 0
-            starts.append((row, used))
-            used += n
-    b = starts[-1][0] + 1
+            row = next((r for r, u in enumerate(used) if u + n <= row_length), len(used))
+            if row == len(used):
+                used.append(0)
+            starts.append((row, used[row]))
+            used[row] += n
+    b = max(r for r, _ in starts) + 1
     flat_rows, flat_cols, sample_ids, fields = [], [], [], []
     for i, ((rows, _), (r, c)) in enumerate(zip(tables, starts)):
         n = len(rows)

@@ -126,6 +126,43 @@ def test_loss_of_a_split_batch_equals_the_whole():
     assert torch.equal(halves[0], first_half["loss"])  # slicing the batch's noise is deterministic
 
 
+@pytest.mark.parametrize("block_positions", [0, 4])
+def test_leaving_out_unread_clean_copies_keeps_the_loss(block_positions):
+    prior = make_prior(torch.float64, block_positions=block_positions)
+    examples = random_examples(random.Random(3), 10, torch.float64)
+    noise = draw_noise(examples, LAYOUT, {n: Uniform() for n in LAYOUT.names}, torch.Generator().manual_seed(1))
+    full = prior_loss(prior, LAYOUT, examples, noise=noise, row_length=64, unread_clean=True)
+    lean = prior_loss(prior, LAYOUT, examples, noise=noise, row_length=64)
+    for key in full:
+        assert torch.allclose(full[key], lean[key], atol=1e-12), key
+    assert pack(examples, LAYOUT, unread_clean=False).valid.sum() < pack(examples, LAYOUT).valid.sum()
+
+
+def test_unread_clean_copies_are_the_last_target_block_and_after():
+    cond, target = torch.randn(5, 4), torch.randn(6, 6)  # text 2 blocks of 3; image blocks of 4: 4 + 2
+    ex = [Segment("text", cond, "cond"), Segment("image", target, "target")]
+    p = pack([ex], LAYOUT, unread_clean=False)
+    meta = p.meta
+    clean = ~meta.noisy[0] & p.valid[0]
+    assert meta.block[0][clean].tolist() == [0, 0, 0, 1, 1, 2, 2, 2, 2]  # the image's last block (3) has no clean copy
+    assert meta.noisy[0].sum() == 6
+    one_block = pack([[Segment("text", cond, "cond"), Segment("image", target[:4], "target")]], LAYOUT, unread_clean=False)
+    assert one_block.valid.sum() == 5 + 4  # a one-block target: its condition, then its noisy copy only
+    no_target = pack([[Segment("text", cond, "cond")]], LAYOUT, unread_clean=False)
+    assert no_target.valid.sum() == 5
+
+
+def test_first_fit_packing_fills_rows_and_keeps_each_row_in_order():
+    lengths = [48, 96, 80, 32, 48]  # tokens per example in the two-copy layout
+    examples = [[Segment("label", torch.randn(n // 2, 2), "target")] for n in lengths]
+    p = pack(examples, LAYOUT, row_length=128)
+    assert p.values.shape[0] == 3  # 48+80 | 96+32 | 48; a new row whenever the next does not fit would take 4
+    for row in range(p.values.shape[0]):
+        ids = p.meta.sample[row][p.valid[row]]
+        assert torch.all(ids[1:] >= ids[:-1]) and not (~p.valid[row][: len(ids)]).any()  # no gap before the padding
+    assert sorted(set(p.meta.sample[p.valid].tolist())) == list(range(len(lengths)))
+
+
 def test_drop_conditions():
     ex = [Segment("label", torch.zeros(1, 2), "cond"), Segment("text", torch.zeros(2, 4))]
     kept = drop_conditions([ex] * 200, 0.25, torch.Generator().manual_seed(0))
@@ -249,6 +286,50 @@ def test_block_positions_feed_each_token_its_place():
     moved = prior(p.values, t, p.codec, p.meta)
     real = p.meta.sample >= 0
     assert not torch.allclose(moved[real], base[real], atol=1e-6)
+
+
+def test_block_positions_for_chosen_codecs_only():
+    torch.manual_seed(0)
+    image_only = BlockCausalDiT(prior_config("tiny", LAYOUT.dims, block_positions=4, block_position_codecs=(LAYOUT.ids["image"],)))
+    image_only = image_only.double().eval()
+    with torch.no_grad():  # leave zero-init, as make_prior does
+        for w in image_only.parameters():
+            w.add_(0.05 * torch.randn_like(w))
+    examples = random_examples(random.Random(8), 8, torch.float64)
+    p = pack(examples, LAYOUT, row_length=80)
+    t = torch.rand(p.t.shape, dtype=torch.float64) * p.meta.noisy
+    base = image_only(p.values, t, p.codec, p.meta)
+    with torch.no_grad():
+        image_only.block_pos.weight.add_(torch.randn_like(image_only.block_pos.weight))
+    moved = image_only(p.values, t, p.codec, p.meta)
+    with_image = {i for i, ex in enumerate(examples) if any(seg.codec == "image" for seg in ex)}
+    assert with_image and len(with_image) < len(examples)
+    for i in range(len(examples)):
+        where = p.meta.sample == i
+        same = torch.allclose(moved[where], base[where], atol=1e-12)
+        assert same == (i not in with_image), i  # only examples with image tokens feel the table
+
+
+def test_block_positions_config_names_codec_roles():
+    from latentbridge.config import load_config
+    from latentbridge.errors import ConfigError
+    from latentbridge.train.trainer import experiment_prior_config
+
+    cfg = load_config(Path(__file__).parents[1] / "configs" / "demo.yaml")
+    layout = SequenceLayout({"text": Stream(16, 16), "image": Stream(16, 16), "speech": Stream(16, 8)})
+    assert cfg.prior.block_positions == ["image"]  # the demo's choice
+    pc = experiment_prior_config(cfg, layout)
+    assert (pc.block_positions, pc.block_position_codecs) == (16, (1,))
+    cfg.prior.block_positions = False
+    assert experiment_prior_config(cfg, layout).block_positions == 0
+    cfg.prior.block_positions = True
+    assert (experiment_prior_config(cfg, layout).block_positions, experiment_prior_config(cfg, layout).block_position_codecs) == (16, ())
+    cfg.prior.block_positions = ["speech"]
+    pc = experiment_prior_config(cfg, layout)
+    assert (pc.block_positions, pc.block_position_codecs) == (8, (2,))
+    cfg.prior.block_positions = ["imgae"]
+    with pytest.raises(ConfigError, match="'imgae' names no codec role.*text, image, speech"):
+        experiment_prior_config(cfg, layout)
 
 
 def test_generation_is_deterministic_and_repaint_keeps_prefix_context():

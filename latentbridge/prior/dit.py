@@ -45,6 +45,8 @@ class PriorConfig:
     block_positions: int = 0
     """Size of a learned table of places within a block (an image's patch place), added to each token's input
     beside RoPE's sequence position; 0: none (RoPE alone)."""
+    block_position_codecs: tuple[int, ...] = ()
+    """Codec ids whose tokens get the table; empty: every codec's."""
 
 
 PRESETS: dict[str, dict[str, int]] = {
@@ -74,6 +76,13 @@ class BlockCausalDiT(nn.Module):
         self.in_proj = nn.ModuleList(nn.Linear(d, w) for d in dims)
         self.codec_embed = nn.Embedding(len(dims), w)
         self.block_pos = nn.Embedding(config.block_positions, w) if config.block_positions else None
+        if config.block_positions:
+            chosen = config.block_position_codecs or tuple(range(len(dims)))
+            if not all(0 <= c < len(dims) for c in chosen):
+                raise ValueError(f"block_position_codecs {chosen} names codec ids outside 0..{len(dims) - 1}")
+            gate = torch.zeros(len(dims))
+            gate[list(chosen)] = 1.0
+            self.register_buffer("block_pos_gate", gate, persistent=False)  # [num codecs]: 1 where the table applies
         self.t_embed = TimestepEmbedder(w)
         self.rope = RotaryEmbedding(w // config.heads, config.rope_fraction, config.rope_base)
         self.blocks = nn.ModuleList(DiTBlock(w, config.heads, config.mlp_ratio) for _ in range(config.depth))
@@ -149,7 +158,8 @@ class BlockCausalDiT(nn.Module):
         mask = self.attention_mask(meta, keys)
         h = self.embed(x, codec)  # [B, L, W]
         if self.block_pos is not None:
-            h = h + self.block_pos(index_in_block(meta).clamp_max(self.config.block_positions - 1))
+            places = self.block_pos(index_in_block(meta).clamp_max(self.config.block_positions - 1))
+            h = h + places * self.block_pos_gate.to(places.dtype)[codec][..., None]
         c = self.t_embed(t)  # [B, L, W]
         cos_sin = self.rope.angles(meta.position)
         for i, block in enumerate(self.blocks):

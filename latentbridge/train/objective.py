@@ -82,23 +82,30 @@ def prior_loss(
     row_length: int | None = None,
     generator: torch.Generator | None = None,
     clean_grad: bool = False,
+    unread_clean: bool = False,
 ) -> dict[str, Tensor]:
     """Flow-matching loss on the noisy copies: {"loss": total, "loss/<codec>": per codec stream}.
 
     Pass `noise` (from draw_noise, after condition dropout) to fix the step's randomness; otherwise
     dropout and noise are drawn here from `generator`. With `clean_grad` False the clean history is
     stop-gradient (Cola DLM's joint stage): gradients reach the latents only through the noisy copy.
+    The clean copies no noisy token reads (each example's last target block) are left out of the
+    packed rows -- a third of the tokens when the target is one block -- unless `unread_clean`.
     """
     if noise is None:
         examples = drop_conditions(examples, cond_dropout, generator)
         noise = draw_noise(examples, layout, samplers, generator)
-    packed = pack(examples, layout, two_copies=True, row_length=row_length)
+    packed = pack(examples, layout, two_copies=True, row_length=row_length, unread_clean=unread_clean)
     z0 = packed.values  # [B, L, Dmax]
     noisy = packed.meta.noisy & packed.valid  # [B, L]
     eps = torch.zeros_like(z0)
     t = torch.zeros_like(packed.t)
-    eps[noisy] = noise.eps.to(z0)  # the noisy copies come in example order
-    t[noisy] = noise.t.to(t)
+    # noise comes in example order; rows may hold examples out of order (first-fit packing)
+    rows, cols = noisy.nonzero(as_tuple=True)
+    order = torch.sort(packed.meta.sample[rows, cols], stable=True).indices
+    rows, cols = rows[order], cols[order]
+    eps[rows, cols] = noise.eps.to(z0)
+    t[rows, cols] = noise.t.to(t)
     clean = z0 if clean_grad else z0.detach()
     x = torch.where(noisy[..., None], interpolate(z0, eps, t), clean)
     target = velocity_target(z0, eps)

@@ -66,9 +66,19 @@ def lr_schedule(step: int, warmup: int, total: int) -> float:
 def experiment_prior_config(cfg: ExperimentConfig, layout: SequenceLayout):
     """The PriorConfig an experiment's `prior` section and codec widths describe."""
     p = cfg.prior
-    places = max(s.block_size for s in layout.streams.values()) if p.block_positions else 0
+    chosen: list[str] = []
+    if isinstance(p.block_positions, list):
+        unknown = [r for r in p.block_positions if r not in layout.ids]
+        if unknown or not p.block_positions:
+            raise ConfigError(f"prior.block_positions: {', '.join(map(repr, unknown)) or 'an empty list'} names no codec role "
+                              f"of this experiment; use true, false or a list of its roles ({', '.join(layout.names)}).")
+        chosen = list(dict.fromkeys(p.block_positions))
+    elif p.block_positions:
+        chosen = list(layout.names)
+    places = max((layout.streams[r].block_size for r in chosen), default=0)
+    ids = tuple(layout.ids[r] for r in chosen) if isinstance(p.block_positions, list) else ()
     return prior_config(p.preset, layout.dims, width=p.width, depth=p.depth, heads=p.heads, mlp_ratio=p.mlp_ratio, attention=p.attention,
-                        block_positions=places)
+                        block_positions=places, block_position_codecs=ids)
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
