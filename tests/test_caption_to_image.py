@@ -10,7 +10,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from latentbridge.cli import main
 from latentbridge.experiments.multimodal import DigitClassifier, EmojiRetrieval, _shuffled
