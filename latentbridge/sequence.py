@@ -150,7 +150,7 @@ def pack(
     row_length None: one example per row, padded to the longest. Otherwise each example, in order,
     goes to the first row with room for it (first fit; a new row when none has), so a row's examples
     still follow each other without padding; sample ids are the examples' indices. `unread_clean`
-    False drops the clean copies no noisy token reads (training needs them not; see _example_tokens).
+    False drops the clean copies no noisy token reads (training does not need them; see _example_tokens).
     """
     if not examples:
         raise ValueError("pack needs at least one example")
