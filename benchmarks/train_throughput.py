@@ -69,13 +69,14 @@ def mixture_steps(device: torch.device, preset: str, steps: int) -> dict:
     """Step time of the demo mixture's shapes with and without the unread clean copies (interleaved, median)."""
     layout = SequenceLayout({"text": Stream(16, 16), "image": Stream(16, 16), "speech": Stream(16, 8)})
     g = torch.Generator().manual_seed(1)
-    text, image, speech = (lambda: torch.randn(16, 16, generator=g)), (lambda: torch.randn(16, 16, generator=g)), \
-        (lambda: torch.randn(24, 16, generator=g))
-    shapes = [("text", text, "image", image)] * 3 + [("image", image, "text", text)] * 3 + \
-        [("text", text, "speech", speech)] * 2 + [("speech", speech, "text", text)] * 2  # the task weights 3:3:2:2
-    order = torch.randint(len(shapes), (32,), generator=g).tolist()
-    examples = [[Segment(shapes[i][0], shapes[i][1]().to(device), "cond"), Segment(shapes[i][2], shapes[i][3]().to(device))]
-                for i in order]
+    tokens = {"text": 16, "image": 16, "speech": 24}  # a caption, a 32x32 image, a 1.5 s clip
+    tasks = [("text", "image")] * 3 + [("image", "text")] * 3 + [("text", "speech")] * 2 + [("speech", "text")] * 2  # weights 3:3:2:2
+
+    def segment(codec: str, role: str) -> Segment:
+        return Segment(codec, torch.randn(tokens[codec], 16, generator=g).to(device), role)
+
+    examples = [[segment(cond, "cond"), segment(target, "target")]
+                for cond, target in (tasks[i] for i in torch.randint(len(tasks), (32,), generator=g).tolist())]
     samplers = {n: LogitNormal(0.0, 1.0) for n in layout.names}
     torch.manual_seed(0)
     prior = BlockCausalDiT(prior_config(preset, layout.dims)).to(device)
