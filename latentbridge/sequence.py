@@ -12,6 +12,7 @@ Dimensions: B rows, L tokens per row, Dmax widest codec latent.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from typing import Literal, Mapping, Sequence
 
@@ -131,9 +132,9 @@ def _example_tokens(example: Example, layout: SequenceLayout, two_copies: bool,
     if two_copies and not unread_clean and noisy_rows:
         # a noisy token of block b reads the clean copies of blocks < b only
         last = noisy_rows[-1][1]
-        kept = [int(sum(r[1] < last for r in rows if r[5] == s)) for s in range(len(example))]  # a prefix of each segment
         rows = [r for r in rows if r[1] < last]
-        latents = [lat[:k] for lat, k in zip(latents, kept) if k]
+        kept = collections.Counter(r[5] for r in rows)  # tokens kept per segment: a prefix of each
+        latents = [lat[: kept[s]] for s, lat in enumerate(latents) if kept[s]]
     return rows + noisy_rows, latents + noisy_latents
 
 

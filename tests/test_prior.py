@@ -323,7 +323,8 @@ def test_block_positions_config_names_codec_roles():
     cfg.prior.block_positions = False
     assert experiment_prior_config(cfg, layout).block_positions == 0
     cfg.prior.block_positions = True
-    assert (experiment_prior_config(cfg, layout).block_positions, experiment_prior_config(cfg, layout).block_position_codecs) == (16, ())
+    pc = experiment_prior_config(cfg, layout)
+    assert (pc.block_positions, pc.block_position_codecs) == (16, ())
     cfg.prior.block_positions = ["speech"]
     pc = experiment_prior_config(cfg, layout)
     assert (pc.block_positions, pc.block_position_codecs) == (8, (2,))
