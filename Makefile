@@ -24,13 +24,14 @@ system-packages:
 	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-$(STAMP): pyproject.toml $(PLUGINS)
+$(STAMP): pyproject.toml constraints.txt $(PLUGINS)
 	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q "setuptools>=70" wheel
-	$(PIP) install -q -e '.[test]' $(addprefix -e ,$(dir $(PLUGINS)))
+	$(PIP) install -q "setuptools>=77" wheel
+	$(PIP) install -q -c constraints.txt -e '.[test]' $(addprefix -e ,$(dir $(PLUGINS)))
 	@touch $@
 
-# The main job: the joint multimodal demo on the real offline data (configs/demo.yaml). Trains the Text VAE,
+# The main job: the joint multimodal demo on the real offline data (configs/demo.yaml), whose data sets and
+# evaluators come from the latentbridge-demo plugin (plugins/latentbridge-demo). Trains the Text VAE,
 # the image VAE and the audio VAE on the data of the tasks that use them, then one block-causal prior on the
 # mixture caption -> image, image -> caption, text -> speech, speech -> text; then samples and scores all four
 # directions (against shuffled-condition controls, across guidance) into runs/demo/report.md. About 20 minutes
@@ -45,6 +46,7 @@ demo: setup
 	echo "demo: $$(( $$(date +%s) - start )) s; open $(DEMO_RUN)/report.md"
 
 test: setup
+	$(RUN) $(BIN)/lint-imports
 	$(RUN) $(BIN)/python -m pytest -q
 
 clean:

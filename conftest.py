@@ -12,11 +12,11 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="module")
 def autoload_plugins():
-    """Discover the installed codec plugins through their entry points (as the CLI does), for this module."""
+    """Discover the installed plugins through their entry points (as the CLI does), for this module."""
     from latentbridge import plugins
 
     os.environ.pop("LATENTBRIDGE_DISABLE_PLUGIN_AUTOLOAD", None)
-    plugins.registry(refresh=True)
+    plugins.registries(refresh=True)
     yield
     os.environ["LATENTBRIDGE_DISABLE_PLUGIN_AUTOLOAD"] = "1"
-    plugins.registry(refresh=True)
+    plugins.registries(refresh=True)

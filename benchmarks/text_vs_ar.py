@@ -29,9 +29,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from latentbridge.baselines.autoregressive import ARConfig, ARModel, encode_texts, load_ar, train_ar  # noqa: E402
+from latentbridge_demo.baselines.autoregressive import ARConfig, ARModel, encode_texts, load_ar, train_ar  # noqa: E402
 from latentbridge.data.sources import make_source  # noqa: E402
-from latentbridge.evaluate.text import minilm_similarity, repetition_rate  # noqa: E402
+from latentbridge_demo.evaluate.text import minilm_similarity, repetition_rate  # noqa: E402
 from latentbridge.experiments.common import load_run  # noqa: E402
 from latentbridge.experiments.text import cut_prompts, generate_text  # noqa: E402
 

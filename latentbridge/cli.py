@@ -1,14 +1,15 @@
-"""The `latentbridge` command.
+"""The `latentbridge` command: each verb calls one library function.
 
-    latentbridge codecs list                  installed codecs, their latent specs and providers
-    latentbridge codecs show NAME             a codec's config fields, defaults and docs
-    latentbridge codecs check NAME|--all      conformance checks against installed codecs
+    latentbridge codecs list|show|check       installed codecs (latentbridge.plugins, latentbridge.testing)
+    latentbridge datasets list|show           installed data sets
+    latentbridge evaluators list|show         installed evaluators
     latentbridge config show FILE [--k=v ..]  the resolved experiment config as YAML
-    latentbridge train FILE [--k=v ..]        train the configured stage (--resume, --init-from)
-    latentbridge sample RUN_DIR               sample a trained run and score it
-    latentbridge toy FILE [--k=v ..]          toy cross-modal experiment: train, sample, score
+    latentbridge train FILE [--k=v ..]        latentbridge.train.experiment.train (--resume, --init-from)
+    latentbridge sample RUN_DIR               latentbridge.pipeline.sample_run: generate and write items
+    latentbridge eval RUN_DIR                 latentbridge.evaluate.run.evaluate_run: score with the evaluators
+    latentbridge reconstruct PATH             latentbridge.evaluate.codecs.reconstruct
 
-Bad input ends with one line naming the problem and the fix (exit code 2), never a traceback;
+Nothing here knows a modality, a data set or an evaluator by name. Bad input ends with one line naming the problem and the fix (exit code 2), never a traceback;
 `--debug` shows the traceback anyway.
 """
 
@@ -24,8 +25,11 @@ from typing import Sequence
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in latentbridge reaches for a hub
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from pathlib import Path  # noqa: E402
+
 from latentbridge import __version__  # noqa: E402
 from latentbridge.errors import ConfigError, LatentbridgeError  # noqa: E402
+from latentbridge.typedconfig import dump_yaml  # noqa: E402
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -51,10 +55,10 @@ def _split_overrides(extra: Sequence[str], command: str) -> list[str]:
 
 
 def cmd_codecs_list(args: argparse.Namespace) -> int:
-    from latentbridge.plugins import registry
+    from latentbridge.plugins import registries
 
     rows = []
-    for entry in registry().entries():
+    for entry in registries().codecs.entries():
         spec = entry.cls().latent_spec  # default config
         rows.append({
             "name": entry.name,
@@ -65,32 +69,69 @@ def cmd_codecs_list(args: argparse.Namespace) -> int:
             "end": spec.end,
             "provider": entry.provider,
         })
-    if args.json:
+    return _print_rows(rows, args.json, "codec(s). Latent specs are for default configs; `latentbridge codecs show NAME` lists options.")
+
+
+def _print_rows(rows: list[dict], as_json: bool, footer: str) -> int:
+    if as_json:
         print(json.dumps(rows, indent=2))
     else:
         header = list(rows[0]) if rows else ["name"]
         print(_table([[str(r[k]) for k in header] for r in rows], header))
-        print(f"\n{len(rows)} codec(s). Latent specs are for default configs; `latentbridge codecs show NAME` lists options.")
+        print(f"\n{len(rows)} {footer}")
     return 0
 
 
-def cmd_codecs_show(args: argparse.Namespace) -> int:
-    from latentbridge.config import dump_yaml
-    from latentbridge.plugins import registry
+def cmd_datasets_list(args: argparse.Namespace) -> int:
+    from latentbridge.plugins import registries
 
-    entry = registry().entry(args.name)
-    print(f"# codec '{entry.name}' ({entry.cls.modality}) from {entry.provider}")
+    rows = [{"name": e.name, "fields": ", ".join(f"{m}: {f}" for m, f in e.cls.fields.items()), "provider": e.provider}
+            for e in registries().datasets.entries()]
+    return _print_rows(rows, args.json, "data set(s). `latentbridge datasets show NAME` lists a data set's options (data.config).")
+
+
+def cmd_evaluators_list(args: argparse.Namespace) -> int:
+    from latentbridge.plugins import registries
+
+    def scope(cls) -> str:
+        cond = "any" if cls.cond is None else (" + ".join(cls.cond) or "nothing")
+        out = f"{cond} -> {cls.target or 'any'}"
+        return out + (f" on {', '.join(cls.datasets)}" if cls.datasets else "")
+
+    rows = [{"name": e.name, "scores": scope(e.cls), "what": e.cls.description, "provider": e.provider}
+            for e in registries().evaluators.entries()]
+    return _print_rows(rows, args.json, "evaluator(s). `latentbridge eval RUN_DIR` runs every one that applies to a task.")
+
+
+def _show(kind: str, args: argparse.Namespace) -> int:
+    from latentbridge.plugins import registries
+
+    reg = getattr(registries(), kind)
+    entry = reg.entry(args.name)
+    print(f"# {reg.kind} '{entry.name}' from {entry.provider}")
     print(f"# class {entry.cls.__module__}.{entry.cls.__qualname__}; config {entry.cls.config_class.__name__}")
     print(dump_yaml(entry.cls.config_class(), docs=True), end="")
     return 0
 
 
-def cmd_codecs_check(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from latentbridge.config import apply_overrides, from_dict, parse_overrides, to_dict
-    from latentbridge.plugins import registry
-    from latentbridge.testing import CodecConformance, run_checks
+def cmd_codecs_show(args: argparse.Namespace) -> int:
+    return _show("codecs", args)
 
-    reg = registry()
+
+def cmd_datasets_show(args: argparse.Namespace) -> int:
+    return _show("datasets", args)
+
+
+def cmd_evaluators_show(args: argparse.Namespace) -> int:
+    return _show("evaluators", args)
+
+
+def cmd_codecs_check(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from latentbridge.plugins import registries
+    from latentbridge.testing import CodecConformance, run_checks
+    from latentbridge.typedconfig import apply_overrides, from_dict, parse_overrides, to_dict
+
+    reg = registries().codecs
     if args.all == bool(args.name):
         raise ConfigError("codecs check: name one codec, or pass --all (not both).")
     names = reg.names() if args.all else [args.name]
@@ -118,42 +159,38 @@ def cmd_codecs_check(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def cmd_config_show(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from latentbridge.config import dump_yaml, load_config
-    from latentbridge.plugins import resolve_codec_configs
+    from latentbridge.build import resolve_codec_configs
+    from latentbridge.config import load_config
+    from latentbridge.evaluate.run import evaluator_options
+    from latentbridge.plugins import registries
+    from latentbridge.tasks import tasks_of
 
     cfg = load_config(args.file, _split_overrides(extra, "config show"))
-    resolve_codec_configs(cfg)  # unknown codec names and bad codec options fail here, with their path
+    reg = registries()
+    resolve_codec_configs(cfg, reg.codecs)  # unknown codec names and bad codec options fail here, with their path
+    tasks_of(cfg, reg)  # so do unknown data sets and bad data-set options
+    evaluator_options(cfg, reg)  # and unknown evaluators and bad evaluator options
     print(dump_yaml(cfg, docs=args.docs), end="")
     return 0
 
 
 def cmd_train(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from pathlib import Path
-
     from latentbridge.config import load_config
-    from latentbridge.data.sources import make_source
-    from latentbridge.experiments.common import train
-    from latentbridge.train.checkpoint import latest_checkpoint
+    from latentbridge.train.experiment import train
 
     cfg = load_config(args.file, _split_overrides(extra, "train"))
     run_dir = Path(args.run_dir or Path("runs") / cfg.name)
-    codecs, _, _ = train(cfg, run_dir, resume=args.resume, init_from=args.init_from, progress=not args.no_progress)
-    print(f"trained {cfg.train.stage} stage of '{cfg.name}' for {cfg.train.steps} steps; run directory {run_dir}; "
-          f"latest checkpoint {latest_checkpoint(run_dir / 'checkpoints')}")
-    if cfg.train.stage == "codec" and cfg.data.name != "gaussian_ring":
-        from latentbridge.experiments.codecs import codec_report, format_codec_report
-
-        role = cfg.train.codec_role or cfg.task.target
-        entry = codec_report(cfg, run_dir, codecs, make_source(cfg.data, cfg.seed), role)
-        print(format_codec_report(role, entry))
-        print(f"wrote {run_dir / 'report.json'} and reconstructions in {run_dir / 'samples'}")
+    train(cfg, run_dir, resume=args.resume, init_from=args.init_from, progress=not args.no_progress)
+    print(f"trained the {cfg.train.stage} stage of '{cfg.name}' for {cfg.train.steps} steps; run directory {run_dir}")
+    if cfg.train.stage == "codec":  # a codec run: its held-out report, as `latentbridge reconstruct RUN_DIR` writes it
+        cmd_reconstruct(argparse.Namespace(path=str(run_dir), out=None, role=None, split=None, n=16, files=None, data=None))
     return 0
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
-    from latentbridge.experiments.codecs import reconstruct
+    from latentbridge.evaluate.codecs import reconstruct
 
-    result = reconstruct(args.path, args.out, role=args.role, splits=args.split, n=args.n, files=args.files or ())
+    result = reconstruct(args.path, args.out, role=args.role, splits=args.split, n=args.n, files=args.files or (), data=args.data)
     rows = []
     for split, row in result["held_out"].items():
         rows += [[split, k, f"{v:.4f}" if isinstance(v, float) else str(v)] for k, v in row.items()]
@@ -163,101 +200,25 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from latentbridge.pipeline import sample_run
 
-    from latentbridge.experiments.common import load_run
-    from latentbridge.experiments.toy import evaluate_run, format_report
-
-    cfg, codecs, prior, layout = load_run(args.run_dir)
-    if cfg.tasks or args.task:
-        return _sample_tasks(args, cfg, codecs, prior, layout)
-    if codecs[cfg.task.target].modality == "text":
-        return _sample_text(args, cfg, codecs, prior, layout)
-    if codecs[cfg.task.target].modality == "image" and [codecs[r].modality for r in cfg.task.cond] == ["text"]:
-        return _sample_caption_to_image(args, cfg, codecs, prior, layout)
-    if args.prompt:
-        raise ConfigError("sample --prompt continues text; this run generates "
-                          f"'{codecs[cfg.task.target].modality}' items.")
-    if args.guidance:
-        cfg.eval.guidance_scales = args.guidance
-    if args.samples:
-        cfg.eval.samples = args.samples
-    report = evaluate_run(cfg, Path(args.run_dir), codecs, prior, layout, {})
-    print(format_report(report))
-    print(f"wrote {Path(args.run_dir) / 'samples'} and report.json")
-    return 0 if report["passed"] else 1
-
-
-def _sample_tasks(args: argparse.Namespace, cfg, codecs, prior, layout) -> int:
-    """Each task (or --task) from a few held-out examples, or from --prompt texts: PNG grids, text files, WAVs."""
-    from pathlib import Path
-
-    from latentbridge.experiments.joint import sample_tasks
-
-    written = sample_tasks(cfg, Path(args.run_dir), codecs, prior, layout, tasks=args.task, prompts=args.prompt,
-                           n=args.samples or 16, guidance_scales=args.guidance)
-    for path in written:
-        print(f"wrote {path}")
+    written = sample_run(args.run_dir, tasks=args.task, prompts=args.prompt, n=args.samples or 16, guidance_scales=args.guidance,
+                         out=args.out, progress=not args.no_progress)
+    folders = sorted({str(p.parent) for p in written})
+    for folder in folders:
+        print(f"wrote {sum(str(p.parent) == folder for p in written)} file(s) to {folder}")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from latentbridge.evaluate.report import format_report
+    from latentbridge.evaluate.run import evaluate_run
 
-    from latentbridge.experiments.joint import evaluate_run, format_report
-
-    report = evaluate_run(args.run_dir, samples=args.samples, guidance_scales=args.guidance, progress=not args.no_progress)
+    report = evaluate_run(args.run_dir, samples=args.samples, guidance_scales=args.guidance, evaluators=args.evaluator,
+                          progress=not args.no_progress)
     print(format_report(report))
     print(f"wrote {Path(args.run_dir) / 'report.md'}, report.json and samples/")
     return 0
-
-
-def _sample_caption_to_image(args: argparse.Namespace, cfg, codecs, prior, layout) -> int:
-    from pathlib import Path
-
-    from latentbridge.experiments.multimodal import caption_grid, evaluate_caption_to_image, format_caption_to_image, generate_items
-
-    run_dir = Path(args.run_dir)
-    if args.prompt:  # your captions: one image each per guidance scale
-        for g in args.guidance or cfg.eval.guidance_scales:
-            images = generate_items(cfg, codecs, prior, layout, {cfg.task.cond[0]: args.prompt}, guidance=g, seed=cfg.seed)
-            path = caption_grid(images, args.prompt, run_dir / "samples" / f"prompts_g{g:g}.png")
-            print(f"guidance {g:g}: wrote {path}")
-        return 0
-    rows = evaluate_caption_to_image(cfg, run_dir, codecs, prior, layout, samples=args.samples, guidance_scales=args.guidance)
-    print(format_caption_to_image(rows))
-    print(f"wrote {run_dir / 'samples'} (caption_to_image_*.png) and report.json")
-    return 0
-
-
-def _sample_text(args: argparse.Namespace, cfg, codecs, prior, layout) -> int:
-    from pathlib import Path
-
-    from latentbridge.data.sources import make_source
-    from latentbridge.experiments.text import evaluate_generation
-
-    run_dir = Path(args.run_dir)
-    result = evaluate_generation(cfg, run_dir, codecs, prior, layout, make_source(cfg.data, cfg.seed), prompts=args.prompt,
-                                 samples=args.samples)
-    for p, c in list(zip(result["prompts"], result["continuations"]))[:10]:
-        print(f"{p} >>> {c}")
-    print(json.dumps(result["row"], indent=2))
-    print(f"wrote {run_dir / 'samples' / 'continuations.txt'} and report.json")
-    return 0
-
-
-def cmd_toy(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from pathlib import Path
-
-    from latentbridge.config import load_config
-    from latentbridge.experiments.toy import format_report, run
-
-    cfg = load_config(args.file, _split_overrides(extra, "toy"))
-    run_dir = Path(args.run_dir or Path("runs") / cfg.name)
-    report = run(cfg, run_dir, resume=args.resume, progress=not args.no_progress)
-    print(format_report(report))
-    print(f"run directory: {run_dir} (report.json, samples/points.png, loss.png, metrics.jsonl)")
-    return 0 if report["passed"] else 1
 
 
 # --------------------------------------------------------------------------------------------------
@@ -300,6 +261,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="check every installed codec")
     p.set_defaults(func=cmd_codecs_check, takes_overrides=True)
 
+    for kind, word in (("datasets", "data set"), ("evaluators", "evaluator")):
+        group = sub.add_parser(kind, allow_abbrev=False, help=f"list and inspect installed {word}s",
+                               description=f"{word.capitalize()}s come from plugins (latentbridge_register_{kind} hook).")
+        gsub = group.add_subparsers(dest="action", metavar="ACTION", required=True)
+        p = gsub.add_parser("list", help=f"installed {word}s and the distributions that provide them")
+        p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        p.set_defaults(func=cmd_datasets_list if kind == "datasets" else cmd_evaluators_list)
+        p = gsub.add_parser("show", help=f"a {word}'s options with defaults and docs")
+        p.add_argument("name", help=f"{word} name, as in `latentbridge {kind} list`")
+        p.set_defaults(func=cmd_datasets_show if kind == "datasets" else cmd_evaluators_show)
+
     config = sub.add_parser("config", allow_abbrev=False, help="inspect experiment configs",
                             description="Experiment configs are YAML files (see configs/).")
     fsub = config.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -310,56 +282,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--docs", action="store_true", help="write each field's docstring as a comment")
     p.set_defaults(func=cmd_config_show, takes_overrides=True)
 
-    p = sub.add_parser("toy", allow_abbrev=False, help="run a toy cross-modal experiment (labels <-> 2-D points)",
-                       description="Train the toy codecs and a prior from FILE (see configs/toy_*.yaml), generate, score "
-                                   "against the known density across guidance scales, and write a run directory. "
-                                   "Exit code 1 if a score misses its bar.")
-    _run_arguments(p)
-    p.set_defaults(func=cmd_toy, takes_overrides=True)
-
     p = sub.add_parser("train", allow_abbrev=False, help="train the stage a config names (codec, prior or joint)",
-                       description="Train with accelerate into a run directory: config.yaml, metrics.jsonl, checkpoints/, loss.png. "
-                                   "Multi-process: torchrun --nproc_per_node N -m latentbridge train FILE (see README).")
+                       description="Train with accelerate into a run directory: config.yaml, metrics.jsonl, checkpoints/, loss.png "
+                                   "(a codec stage also its held-out report). Multi-process: torchrun --nproc_per_node N -m "
+                                   "latentbridge train FILE (see docs/training.md).")
     _run_arguments(p)
     p.add_argument("--init-from", help="start a new run from the weights of this checkpoint (or run directory)")
     p.set_defaults(func=cmd_train, takes_overrides=True)
 
-    p = sub.add_parser("sample", allow_abbrev=False, help="sample a trained run and score the samples",
-                       description="Load RUN_DIR's codecs and the EMA prior of its latest checkpoint and generate: toy runs "
-                                   "across guidance scales; text runs continue prompts block by block until the end of text; "
-                                   "caption -> image runs draw emoji and digits from their captions, scored by retrieval "
-                                   "and a digit classifier against shuffled-caption controls. Writes samples/ and report.json.")
+    p = sub.add_parser("sample", allow_abbrev=False, help="generate from a trained run and write the items (no scores)",
+                       description="Load RUN_DIR's codecs and the EMA prior of its latest checkpoint; generate each task (or --task) "
+                                   "from --prompt items or from held-out examples of its data set, across guidance scales; write "
+                                   "the items through the target codec (samples/<task>/g<scale>/).")
     p.add_argument("run_dir", help="run directory written by `latentbridge train`")
     p.add_argument("--guidance", type=float, nargs="+", help="guidance scales (default: the config's eval.guidance_scales)")
-    p.add_argument("--samples", type=int, help="samples per guidance scale (text: held-out prompts to continue)")
-    p.add_argument("--prompt", action="append", help="text runs: continue this prompt; caption -> image runs: draw this "
-                                                      "caption (repeatable) instead of the evaluation")
-    p.add_argument("--task", action="append", help="runs with several tasks: sample this task (repeatable; default: all)")
+    p.add_argument("--samples", type=int, help="held-out examples to start from (default 16)")
+    p.add_argument("--prompt", action="append", help="an item of the task's one condition (e.g. a caption), or text to continue "
+                                                      "for a task without conditions (repeatable)")
+    p.add_argument("--task", action="append", help="sample this task (repeatable; default: all of the run's tasks)")
+    p.add_argument("--out", help="output directory (default: the run's samples/)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("eval", allow_abbrev=False, help="score every task of a trained run and write report.md",
-                       description="Generate each task's held-out examples across guidance scales and with shuffled conditions "
-                                   "(the control), score them with the evaluators built here (emoji retrieval, digit classifier, "
-                                   "scene arrangement, exact-name accuracy and MiniLM similarity, pocketsphinx word error rate), "
-                                   "measure the prior's held-out fit and each codec's reconstruction; write report.json, "
-                                   "report.md and samples/.")
+                       description="Run every installed evaluator that applies to each task (`latentbridge evaluators list`) "
+                                   "across guidance scales and with shuffled conditions (the control), plus the prior's held-out "
+                                   "fit and the target codec's reconstruction; write report.json, report.md and samples/.")
     p.add_argument("run_dir", help="run directory written by `latentbridge train`")
     p.add_argument("--guidance", type=float, nargs="+", help="guidance scales (default: the config's eval.guidance_scales)")
     p.add_argument("--samples", type=int, help="examples per evaluated set (default: the config's eval.samples)")
+    p.add_argument("--evaluator", action="append", help="run only this evaluator (repeatable; default: the config's "
+                                                         "eval.evaluators, or all that apply)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("reconstruct", allow_abbrev=False, help="reconstruct held-out data (or your files) through a trained codec",
-                       description="Encode and decode items with a trained codec and write what to look at and listen to: "
-                                   "a PNG grid (images: originals above reconstructions), WAV pairs and a log-mel panel "
-                                   "(audio), a text file (text), with the codec's diagnostics in reconstructions.json.")
+                       description="Encode and decode items with a trained codec and write originals and reconstructions as the "
+                                   "codec's own files, with its diagnostics in reconstructions.json (a run directory without "
+                                   "--out, --files or --data: its report.json and samples/).")
     p.add_argument("path", help="a saved codec directory (codec.json) or a run directory (config.yaml)")
     p.add_argument("--out", help="output directory (default: a run's own samples/ and report.json, or reconstructions/<codec>)")
     p.add_argument("--role", help="run directories: which codec role (default: the one the run trained)")
-    p.add_argument("--split", nargs="+", help="held-out splits, e.g. test photos recordings (default: the data set's own)")
+    p.add_argument("--split", nargs="+", help="held-out splits, e.g. test photos (default: the data set's held-out sets)")
     p.add_argument("-n", type=int, default=16, help="items per split shown (and scored, except a run's own report, "
                                                     "which scores eval.samples; default 16)")
-    p.add_argument("--files", nargs="+", help="your own images / audio files / text files instead of the data set")
+    p.add_argument("--files", nargs="+", help="your own files, read by the codec (read_items), instead of a data set")
+    p.add_argument("--data", help="a registered data set to take held-out items from (default: the run's)")
     p.set_defaults(func=cmd_reconstruct)
     return parser
 

@@ -13,19 +13,31 @@ class PluginError(LatentbridgeError):
     """A plugin failed to load, registered something invalid, or clashes with another plugin."""
 
 
-class UnknownCodecError(LatentbridgeError, KeyError):
-    """A codec name that no installed plugin registered."""
+class UnknownNameError(LatentbridgeError, KeyError):
+    """A codec, data-set or evaluator name that no installed plugin registered."""
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
 
 
-class DuplicateCodecError(PluginError):
+class UnknownCodecError(UnknownNameError):
+    """A codec name that no installed plugin registered."""
+
+
+class DuplicateNameError(PluginError):
+    """Two plugins registered the same name in one registry."""
+
+
+class DuplicateCodecError(DuplicateNameError):
     """Two plugins registered the same codec name."""
 
 
 class CodecOutputError(LatentbridgeError, ValueError):
     """A codec returned latents that break its own LatentSpec (shape, dtype, length, NaN, device)."""
+
+
+class DatasetOutputError(LatentbridgeError, ValueError):
+    """A data-set plugin returned items that break its own declaration (fields, lengths)."""
 
 
 class CheckpointError(LatentbridgeError):

@@ -1,8 +1,10 @@
 """The plugin contract: pluggy markers and the hook specifications latentbridge calls.
 
-A plugin is any module or object with functions marked `@hookimpl` whose names match a spec below.
-Third-party plugins are found through the entry-point group `latentbridge.codecs`; the built-in
-codecs register through the very same hook.
+A plugin is any module or object with functions marked `@hookimpl` whose names match a spec below; it
+implements any subset of them. Third-party plugins are found through the entry-point group
+`latentbridge.codecs` (one group for every hook); latentbridge's own built-ins register through the
+very same hooks. Each hook fills one strict registry (latentbridge.plugins): a name registered twice
+is an error naming both distributions.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import pluggy
 
 if TYPE_CHECKING:
     from latentbridge.codecs.base import Codec
+    from latentbridge.data.base import Dataset
+    from latentbridge.evaluator import Evaluator
 
 PROJECT = "latentbridge"
 ENTRY_POINT_GROUP = "latentbridge.codecs"
@@ -27,4 +31,25 @@ def latentbridge_register_codecs(register: Callable[[type[Codec]], None]) -> Non
 
     The class must subclass `latentbridge.codecs.Codec` and define `name`, `modality` and
     `config_class`. Names are global: registering a name another plugin registered is an error.
+    """
+
+
+@hookspec
+def latentbridge_register_datasets(register: Callable[[type[Dataset]], None]) -> None:
+    """Register data-set classes by calling `register(DatasetSubclass)` once for each.
+
+    The class must subclass `latentbridge.data.Dataset` and define `name`, `config_class` (a dataclass
+    with a docstring per field: its options under `data.config`) and `fields` (modality -> the item
+    field holding it, e.g. {"image": "image", "text": "caption"}). Experiments name it in `data.name`
+    or `tasks.<name>.data`.
+    """
+
+
+@hookspec
+def latentbridge_register_evaluators(register: Callable[[type[Evaluator]], None]) -> None:
+    """Register evaluator classes by calling `register(EvaluatorSubclass)` once for each.
+
+    The class must subclass `latentbridge.evaluate.Evaluator` and define `name` and which tasks it
+    scores (`cond` / `target` modalities, or `datasets`). `latentbridge eval` runs every evaluator
+    that applies to a task, across the guidance scales and with the shuffled-condition control.
     """

@@ -1,4 +1,6 @@
-"""Block-by-block generation: prefill the context, integrate each new block, commit it at t = 0.
+"""Generation, the one path: `Pipeline.from_pretrained(run_dir).generate(...)` over the block loop below.
+
+Block by block: prefill the context, integrate each new block, commit it at t = 0.
 
 Follows Cola DLM's generation (COLA_DLM.md): the prompt is clean context in a KV cache; each new
 block starts as Gaussian noise and is carried to data by an ODE solver over the prior's velocity,
@@ -15,14 +17,22 @@ Lc context tokens, Dmax widest codec latent.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
+from latentbridge.codecs import Codec, Latents
+from latentbridge.config import ExperimentConfig
+from latentbridge.errors import ConfigError
 from latentbridge.flow import guided_velocity, integrate
+from latentbridge.plugins import Registries
 from latentbridge.prior import BlockCausalDiT, TokenMeta
+from latentbridge.runs import load_run
 from latentbridge.sequence import Example, Segment, SequenceLayout, pack
+from latentbridge.tasks import Task, find_task, tasks_of
 
 
 class _Context:
@@ -208,97 +218,157 @@ def generate_latents(
     return [torch.cat(o)[:num_tokens] if o else torch.zeros(0, dim, dtype=dtype, device=device) for o in outputs]
 
 
-@torch.no_grad()
-def continue_items(
-    prior: BlockCausalDiT,
-    layout: SequenceLayout,
-    codec,
-    role: str,
-    prompts: Sequence,
-    max_tokens: int,
-    *,
-    conditions: Sequence[Example] | None = None,
-    steps: int = 16,
-    solver: str = "euler",
-    shift: float = 1.0,
-    guidance: float | Sequence[float] = 1.0,
-    guidance_interval: tuple[float, float] | None = None,
-    generator: torch.Generator | None = None,
-    use_cache: bool = True,
-    on_block: Callable[[int, Tensor], None] | None = None,
-) -> list:
-    """Continue each prompt item of codec `codec` (stream `role`) block by block until it ends or
-    `max_tokens` new latents are made; returns the decoded continuations.
-
-    The prompt is encoded with `codec.encode_prompt` (so it ends on a latent boundary), becomes the
-    last, partly given target segment of the example (after `conditions[i]`, if any), and the
-    codec's decoder stream decodes each new block and says when an item has ended (its end marker).
-    """
-    prefix = codec.encode_prompt(list(prompts))
-    stream = codec.decoder_stream(prefix)
-    examples = []
-    for i, latents in enumerate(prefix.unbind()):
-        cond = list(conditions[i]) if conditions is not None else []
-        examples.append([*cond, Segment(role, latents, "target")])
-    generate_latents(prior, layout, examples, role, max_tokens, steps=steps, solver=solver, shift=shift, guidance=guidance,
-                     guidance_interval=guidance_interval, generator=generator, use_cache=use_cache, stop=stream.push,
-                     on_block=on_block)
-    return stream.items()
-
-
 class Pipeline:
-    """A trained run, ready to generate: `Pipeline.from_pretrained(run_dir).generate(...)`.
+    """A trained run, ready to generate: the one generation path of latentbridge.
 
-        pipe = Pipeline.from_pretrained("runs/joint")
-        images = pipe.generate({"text": ["a big owl", "a handwritten digit seven"]}, target="image", guidance=2.0, seed=0)
+        pipe = Pipeline.from_pretrained("runs/demo")
+        images = pipe.generate({"text": ["a frog above a lemon", "a handwritten digit seven"]}, target="image", guidance=3.0)
         captions = pipe.generate({"image": images}, target="text")
-        waves = pipe.generate({"text": ["harbour", "Oslo"]}, target="speech")        # 16 kHz float32 numpy
-        words = pipe.generate({"speech": waves}, target="text")
-        more = pipe.generate(prompts=["a small dog"], target="text")                  # text continuation
+        more = pipe.generate(prompts=["a small dog"], target="text")          # text continuation
 
     The conditions (role -> items) and the target pick one of the run's tasks (`pipe.tasks`). Fixed-length
-    targets are generated to their length; text continues each prompt (or starts from nothing) until its
-    end marker. Deterministic under `seed`; batched (`batch_size`); a progress bar with `progress`.
+    targets (an image, fixed-length audio) are generated block by block to their length; variable-length
+    targets (text) until their end marker or `max_tokens` latents, each continuing its `prompts` item if
+    given (the prompt ends inside a block: its given positions are pinned, see generate_latents).
+    Deterministic under `seed`; batched (`batch_size`); a progress bar with `progress`. The CLI, the
+    evaluators and the tests all generate through `generate`.
     """
 
-    def __init__(self, cfg, codecs: dict, prior: BlockCausalDiT, layout: SequenceLayout) -> None:
+    def __init__(self, cfg: ExperimentConfig, codecs: dict[str, Codec], prior: BlockCausalDiT, layout: SequenceLayout,
+                 registries: Registries | None = None) -> None:
         self.cfg, self.codecs, self.prior, self.layout = cfg, codecs, prior, layout
+        self.registries = registries
 
     @classmethod
-    def from_pretrained(cls, run_dir) -> Pipeline:
-        from latentbridge.experiments.common import load_run
-
-        cfg, codecs, prior, layout = load_run(run_dir)
-        return cls(cfg, codecs, prior, layout)
-
-    @property
-    def tasks(self) -> list:
-        """The run's tasks (latentbridge.tasks.Task): what it can generate from what."""
-        from latentbridge.tasks import tasks_of
-
-        return tasks_of(self.cfg)
+    def from_pretrained(cls, run_dir: str | Path, registries: Registries | None = None) -> Pipeline:
+        """The run's codecs and the EMA prior of its latest checkpoint (latentbridge.runs.load_run)."""
+        run = load_run(run_dir, registries)
+        return cls(run.cfg, run.codecs, run.prior, run.layout, run.registries)
 
     @property
-    def target(self) -> str:
-        """The generated role when the run has one task (else the first task's)."""
-        return self.tasks[0].target
+    def tasks(self) -> list[Task]:
+        """The run's tasks: what it can generate from what."""
+        return tasks_of(self.cfg, self.registries)
 
-    def generate(self, conditions: dict[str, Sequence] | None = None, *, prompts: Sequence | None = None, target: str | None = None,
-                 steps: int | None = None, guidance: float = 1.0, seed: int = 0, batch_size: int = 64,
-                 max_tokens: int | None = None, progress: bool = False) -> list:
-        """Generated items of the target role: one per condition item (or per prompt, for text targets)."""
-        from latentbridge.errors import ConfigError
-        from latentbridge.experiments.multimodal import generate
+    @torch.no_grad()
+    def generate(self, conditions: Mapping[str, Sequence[Any]] | None = None, *, prompts: Sequence[Any] | None = None,
+                 target: str | None = None, guidance: float | Sequence[float] | None = None, steps: int | None = None,
+                 seed: int = 0, batch_size: int = 64, max_tokens: int | None = None, num: int | None = None,
+                 progress: bool = False) -> list[Any]:
+        """Generated items of the target role: one per condition item (or per prompt, or `num` of a task without
+        conditions).
 
-        unknown = [r for r in (conditions or {}) if r not in self.codecs]
+        `guidance`: one classifier-free scale, or one per condition (null: the config's sampling.guidance);
+        `steps`: ODE steps per block (null: sampling.steps)."""
+        conditions = dict(conditions or {})
+        unknown = [r for r in conditions if r not in self.codecs]
         if unknown:
             raise ConfigError(f"conditions name role(s) {', '.join(unknown)}, which this run does not have "
                               f"(roles: {', '.join(self.codecs)}).")
-        cfg = self.cfg
-        if steps is not None:
-            import copy
+        task = find_task(self.tasks, list(conditions), target)
+        codec = self.codecs[task.target]
+        spec = codec.latent_spec
+        sizes = {r: len(v) for r, v in conditions.items()}
+        if prompts is not None:
+            sizes["prompts"] = len(prompts)
+        if not sizes and num is not None and not task.cond:
+            sizes["num"] = num
+        if not sizes:
+            raise ConfigError(f"generate: task {task.name} ({task.direction}) needs items to start from: pass its conditions, prompts, "
+                              "or (a task without conditions) num.")
+        if len(set(sizes.values())) != 1:
+            raise ConfigError(f"generate: conditions and prompts must have one item per example each, got {sizes}")
+        if prompts is not None and spec.fixed:
+            raise ConfigError(f"generate: '{codec.name}' items have a fixed length and cannot be continued from prompts; pass conditions.")
+        s = self.cfg.sampling
+        if guidance is None:
+            guidance = s.guidance[0] if len(s.guidance) == 1 else list(s.guidance)
+        kw = dict(steps=steps or s.steps, solver=s.solver, shift=s.shift, guidance=guidance, guidance_interval=s.guidance_interval,
+                  generator=torch.Generator().manual_seed(seed))
+        n = next(iter(sizes.values()))
+        out: list[Any] = []
+        for start in tqdm(range(0, n, batch_size), desc=f"generate {task.target}", disable=not progress, dynamic_ncols=True):
+            stop_at = min(n, start + batch_size)
+            size = stop_at - start
+            lat = {r: self.codecs[r].encode_items(list(conditions[r][start:stop_at])).unbind() for r in task.cond}
+            context = [[Segment(r, lat[r][i], "cond") for r in task.cond] for i in range(size)]
+            if spec.fixed:
+                z = generate_latents(self.prior, self.layout, context, task.target, spec.tokens_per_item, **kw)
+                values = torch.stack(z)
+                out += codec.decode(Latents(codec.name, values, torch.full((size,), values.shape[1])))
+                continue
+            if prompts is not None:
+                prefix = codec.encode_prompt(list(prompts[start:stop_at]))
+            else:  # from nothing: the decoder starts with an empty prefix
+                prefix = Latents(codec.name, torch.zeros(size, 0, spec.dim), torch.zeros(size, dtype=torch.long))
+            stream = codec.decoder_stream(prefix)
+            examples = [ctx + ([Segment(task.target, z, "target")] if len(z) else []) for ctx, z in zip(context, prefix.unbind())]
+            limit = max_tokens or spec.max_tokens or 4 * spec.block_size
+            generate_latents(self.prior, self.layout, examples, task.target, limit, stop=stream.push, **kw)
+            out += stream.items()
+        return out
 
-            cfg = copy.deepcopy(cfg)
-            cfg.sampling.steps = steps
-        return generate(cfg, self.codecs, self.prior, self.layout, conditions, target=target, prompts=prompts, guidance=guidance,
-                        seed=seed, batch_size=batch_size, max_tokens=max_tokens, progress=progress)
+
+def write_generated(codec: Codec, items: Sequence[Any], directory: Path, labels: Sequence[Any] | None = None) -> list[Path]:
+    """Generated items as files through the target codec's write_items (named by their conditions when those are text)."""
+    names = [str(x)[:60] if isinstance(x, (str, int, float)) else f"{i:02d}" for i, x in enumerate(labels or range(len(items)))]
+    try:
+        return codec.write_items(list(items), directory, names)
+    except NotImplementedError as err:
+        raise ConfigError(str(err)) from None
+
+
+def _accepts(codec: Codec, items: Sequence[Any]) -> bool:
+    """Whether the codec takes these as its items (collates them), without naming a modality."""
+    try:
+        codec.collate(list(items))
+    except Exception:  # any refusal of the codec's own collate: these are not its items
+        return False
+    return True
+
+
+def sample_run(run_dir: str | Path, *, tasks: Sequence[str] | None = None, prompts: Sequence[Any] | None = None, n: int = 16,
+               guidance_scales: Sequence[float] | None = None, out: str | Path | None = None,
+               registries: Registries | None = None, progress: bool = False) -> list[Path]:
+    """`latentbridge sample`: generate each task of a run (or `tasks`) and write the items, never scoring them.
+
+    From `prompts` (items of a task's one condition role, or text to continue for a task without conditions), else
+    from the first n held-out examples of the task's data set (a task without conditions: n from nothing). Writes
+    <out>/<task>/g<scale>/ through the target codec's write_items (out defaults to the run's samples/)."""
+    from latentbridge.tasks import TaskMixture
+
+    pipe = Pipeline.from_pretrained(run_dir, registries)
+    everything = pipe.tasks
+    known = {t.name: t for t in everything}
+    unknown = [t for t in tasks or [] if t not in known]
+    if unknown:
+        raise ConfigError(f"--task {', '.join(unknown)}: this run's tasks are {', '.join(known)}")
+    chosen = [known[t] for t in tasks] if tasks else everything
+    out_dir = Path(out) if out else Path(run_dir) / "samples"
+    written: list[Path] = []
+    for task in chosen:
+        conditions, given, num = None, None, None
+        if prompts and not task.cond:
+            given = list(prompts)
+            if not _accepts(pipe.codecs[task.target], given) and not tasks:
+                continue
+        elif prompts and len(task.cond) == 1:
+            conditions = {task.cond[0]: list(prompts)}
+            if not _accepts(pipe.codecs[task.cond[0]], prompts):
+                if tasks:
+                    raise ConfigError(f"--prompt: the {task.cond[0]} codec of task {task.name} cannot read the prompts as its items.")
+                continue  # prompts of another kind than this task's condition (text prompts, an image condition)
+        elif prompts:
+            continue  # a task of several conditions is not started from one list of prompts
+        elif task.cond:
+            data = TaskMixture([task], pipe.cfg.seed, pipe.registries).source(task)
+            raw = data.split("test", n)
+            conditions = {r: raw[data.field(pipe.codecs[r].modality, r)] for r in task.cond}
+        else:
+            num = n
+        labels = (list(conditions.values())[0] if conditions else given) or None
+        for g in guidance_scales or pipe.cfg.eval.guidance_scales:
+            items = pipe.generate(conditions, prompts=given, target=task.target, guidance=g, seed=pipe.cfg.seed, num=num,
+                                  progress=progress)
+            written += write_generated(pipe.codecs[task.target], items, out_dir / task.name / f"g{g:g}", labels)
+    return written

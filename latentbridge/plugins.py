@@ -1,94 +1,131 @@
-"""Plugin manager and the strict codec registry.
+"""Plugin manager and the strict registries: codecs, data sets, evaluators.
 
-Built-in codecs and third-party codecs enter the same way: a plugin implements
-`latentbridge_register_codecs(register)` (see hookspecs.py). Third-party plugins are found through
-the entry-point group `latentbridge.codecs`; set LATENTBRIDGE_DISABLE_PLUGIN_AUTOLOAD=1 to load only
-the built-ins (tests do). The registry refuses duplicate names, naming both providers, and answers
-an unknown name with the known ones and the closest match.
+Built-ins and third-party plugins enter the same way: a plugin implements any of the hooks of
+hookspecs.py (`latentbridge_register_codecs`, `..._datasets`, `..._evaluators`), each handing it a
+`register` callback into one registry. Third-party plugins are found through the entry-point group
+`latentbridge.codecs`; set LATENTBRIDGE_DISABLE_PLUGIN_AUTOLOAD=1 to load only the built-ins (tests
+do). A registry refuses duplicate names, naming both providers, and answers an unknown name with the
+installed ones and the closest match, naming the config key that held it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib
 import importlib.metadata
 import inspect
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, ClassVar, Iterable
 
 import pluggy
 
 from latentbridge import __version__, hookspecs
 from latentbridge.codecs.base import Codec
-from latentbridge.errors import DuplicateCodecError, PluginError, UnknownCodecError
+from latentbridge.data.base import Dataset
+from latentbridge.errors import (DuplicateCodecError, DuplicateNameError, PluginError, UnknownCodecError,
+                                 UnknownNameError)
+from latentbridge.evaluator import Evaluator
+from latentbridge.typedconfig import from_dict
 
 AUTOLOAD_ENV = "LATENTBRIDGE_DISABLE_PLUGIN_AUTOLOAD"
-BUILTIN_PLUGINS = ("latentbridge.codecs.builtin",)
+BUILTIN_PLUGINS = ("latentbridge.codecs.builtin", "latentbridge.evaluate.builtin")
 BUILTIN_PROVIDER = f"latentbridge {__version__}"
+HOOKS = ("latentbridge_register_codecs", "latentbridge_register_datasets", "latentbridge_register_evaluators")
 
 
 @dataclasses.dataclass(frozen=True)
-class CodecEntry:
-    """One registered codec and who provided it."""
+class Entry:
+    """One registered class and who provided it."""
 
     name: str
-    cls: type[Codec]
+    cls: type
     provider: str
     """Distribution and version that registered it, e.g. 'latentbridge-toy 0.1.0'."""
 
 
-class CodecRegistry:
-    """Codec name -> class, filled only through the plugin hook."""
+class Registry:
+    """Name -> class for one kind of plugin, filled only through its hook."""
+
+    kind: ClassVar[str] = "plugin"
+    """What is registered, for messages: 'codec', 'data set', 'evaluator'."""
+    command: ClassVar[str] = ""
+    """The CLI group that lists them: `latentbridge <command> list`."""
+    base: ClassVar[type] = object
+    base_path: ClassVar[str] = "object"
+    """Where plugin authors import the base class from, for messages."""
+    unknown_error: ClassVar[type[UnknownNameError]] = UnknownNameError
+    duplicate_error: ClassVar[type[DuplicateNameError]] = DuplicateNameError
 
     def __init__(self) -> None:
-        self._entries: dict[str, CodecEntry] = {}
+        self._entries: dict[str, Entry] = {}
 
-    def register(self, codec_cls: Any, *, provider: str) -> None:
-        """Add a codec class; refuse anything that is not a complete Codec subclass or a taken name."""
-        what = getattr(codec_cls, "__qualname__", repr(codec_cls))
-        if not (inspect.isclass(codec_cls) and issubclass(codec_cls, Codec)):
-            raise PluginError(f"{provider} registered {what}, which is not a subclass of latentbridge.codecs.Codec.")
-        for attr in ("name", "modality"):
-            value = getattr(codec_cls, attr, None)
-            if not isinstance(value, str) or not value:
-                raise PluginError(f"{provider} registered {what} without a `{attr}` string class attribute; add one.")
-        if not dataclasses.is_dataclass(codec_cls.config_class):
+    def check_class(self, cls: Any, provider: str, what: str) -> None:
+        """Kind-specific checks of a registered class (beyond base class and `name`)."""
+        if not dataclasses.is_dataclass(getattr(cls, "config_class", None)):
             raise PluginError(f"{provider} registered {what} whose config_class is not a dataclass.")
-        name = codec_cls.name
+
+    def register(self, cls: Any, *, provider: str) -> None:
+        """Add a class; refuse anything that is not a complete subclass of the base, or a taken name."""
+        what = getattr(cls, "__qualname__", repr(cls))
+        base = self.base_path
+        if not (inspect.isclass(cls) and issubclass(cls, self.base)):
+            raise PluginError(f"{provider} registered {what} as a {self.kind}, but it is not a subclass of {base}.")
+        name = getattr(cls, "name", None)
+        if not isinstance(name, str) or not name:
+            raise PluginError(f"{provider} registered {what} without a `name` string class attribute; add one.")
+        self.check_class(cls, provider, what)
         if name in self._entries:
             first = self._entries[name]
-            raise DuplicateCodecError(
-                f"codec name '{name}' is registered twice: by {first.provider} "
+            raise self.duplicate_error(
+                f"{self.kind} name '{name}' is registered twice: by {first.provider} "
                 f"({first.cls.__module__}.{first.cls.__qualname__}) and by {provider} "
-                f"({codec_cls.__module__}.{codec_cls.__qualname__}). Uninstall one of the two "
-                "distributions, or rename one codec."
+                f"({cls.__module__}.{cls.__qualname__}). Uninstall one of the two distributions, or rename one {self.kind}."
             )
-        self._entries[name] = CodecEntry(name, codec_cls, provider)
+        self._entries[name] = Entry(name, cls, provider)
 
     def names(self) -> list[str]:
         return sorted(self._entries)
 
-    def entries(self) -> list[CodecEntry]:
+    def entries(self) -> list[Entry]:
         return [self._entries[n] for n in self.names()]
 
     def __contains__(self, name: str) -> bool:
         return name in self._entries
 
-    def entry(self, name: str) -> CodecEntry:
+    def entry(self, name: str, key: str | None = None) -> Entry:
+        """The entry of `name`; an unknown one is one line naming `key` (the config key that held it), the
+        installed names, the closest match and the fix."""
         if name not in self._entries:
-            match = difflib.get_close_matches(name, self.names(), n=1, cutoff=0.4)
+            match = difflib.get_close_matches(str(name), self.names(), n=1, cutoff=0.4)
             hint = f" Did you mean '{match[0]}'?" if match else ""
             known = ", ".join(self.names()) or "none"
-            raise UnknownCodecError(
-                f"unknown codec '{name}'.{hint} Installed codecs: {known}. "
-                "`latentbridge codecs list` shows them; a codec from another package appears once that "
+            where = f"{key}: " if key else ""
+            raise self.unknown_error(
+                f"{where}unknown {self.kind} '{name}'.{hint} Installed {self.kind}s: {known}. "
+                f"`latentbridge {self.command} list` shows them; a {self.kind} from another package appears once that "
                 "package is pip-installed into this environment."
             )
         return self._entries[name]
 
-    def get(self, name: str) -> type[Codec]:
-        return self.entry(name).cls
+    def get(self, name: str, key: str | None = None) -> type:
+        return self.entry(name, key).cls
+
+    def config(self, name: str, data: Any, key: str) -> Any:
+        """The config dataclass of `name` built from plain data (`key`: where it sits in the experiment, for errors)."""
+        return from_dict(self.get(name).config_class, data if data is not None else {}, path=key)
+
+
+class CodecRegistry(Registry):
+    kind, command, base, base_path = "codec", "codecs", Codec, "latentbridge.codecs.Codec"
+    unknown_error, duplicate_error = UnknownCodecError, DuplicateCodecError
+
+    def check_class(self, cls: Any, provider: str, what: str) -> None:
+        value = getattr(cls, "modality", None)
+        if not isinstance(value, str) or not value:
+            raise PluginError(f"{provider} registered {what} without a `modality` string class attribute; add one.")
+        super().check_class(cls, provider, what)
 
     def create(self, name: str, config: Any = None) -> Codec:
         """Build codec `name` from its config dataclass, a dict of its fields, or defaults."""
@@ -99,6 +136,44 @@ class CodecRegistry:
         fields to change that keep the weights' shapes)."""
         meta = Codec.read_meta(directory)
         return self.get(meta["codec"]).from_pretrained(Path(directory), overrides)
+
+
+class DatasetRegistry(Registry):
+    kind, command, base, base_path = "data set", "datasets", Dataset, "latentbridge.data.Dataset"
+
+    def check_class(self, cls: Any, provider: str, what: str) -> None:
+        fields = getattr(cls, "fields", None)
+        if not isinstance(fields, dict) or not fields or not all(isinstance(k, str) and isinstance(v, str) for k, v in fields.items()):
+            raise PluginError(f"{provider} registered data set {what} without `fields`, a dict of modality -> item field "
+                              "(e.g. {'image': 'image', 'text': 'caption'}); add one.")
+        super().check_class(cls, provider, what)
+
+    def config_of(self, name: str, options: Any, where: str = "data") -> Any:
+        """The config dataclass of data set `name` from the options an experiment gives it; `where` is `data` (keys
+        data.name / data.config) or `tasks.<task>` (keys tasks.<task>.data / tasks.<task>.data_config)."""
+        name_key, options_key = ("data.name", "data.config") if where == "data" else (f"{where}.data", f"{where}.data_config")
+        self.get(name, name_key)
+        return self.config(name, options, options_key)
+
+    def create(self, name: str, config: Any = None, seed: int = 0) -> Dataset:
+        """Build data set `name` (its config dataclass, a dict of its fields, or defaults) for a run seeded `seed`."""
+        cls = self.get(name, "data.name")
+        if not isinstance(config, cls.config_class):
+            config = self.config_of(name, config)
+        return cls(config, seed)
+
+
+class EvaluatorRegistry(Registry):
+    kind, command, base, base_path = "evaluator", "evaluators", Evaluator, "latentbridge.evaluate.Evaluator"
+
+
+@dataclasses.dataclass
+class Registries:
+    """The three registries of one plugin manager."""
+
+    codecs: CodecRegistry
+    datasets: DatasetRegistry
+    evaluators: EvaluatorRegistry
 
 
 # --------------------------------------------------------------------------------------------------
@@ -151,7 +226,7 @@ def make_plugin_manager(autoload: bool | None = None, extra_plugins: Iterable[An
                 raise PluginError(
                     f"plugin '{ep.name}' ({ep.value}) from {_dist_label(dist)} failed to load: "
                     f"{type(err).__name__}: {err}. Fix it, or `pip uninstall {dist.metadata['Name']}`, or set "
-                    f"{AUTOLOAD_ENV}=1 to load only the built-in codecs."
+                    f"{AUTOLOAD_ENV}=1 to load only the built-ins."
                 ) from err
     for plugin in extra_plugins:
         pm.register(plugin)
@@ -159,8 +234,7 @@ def make_plugin_manager(autoload: bool | None = None, extra_plugins: Iterable[An
         pm.check_pending()
     except pluggy.PluginValidationError as err:
         raise PluginError(
-            f"{err} — latentbridge's only hook is 'latentbridge_register_codecs'; check the spelling "
-            "of the @hookimpl function."
+            f"{err} — latentbridge's hooks are {', '.join(HOOKS)}; check the spelling of the @hookimpl function."
         ) from None
     return pm
 
@@ -172,74 +246,47 @@ def _providers(pm: pluggy.PluginManager) -> dict[int, str]:
     return labels
 
 
-def build_registry(pm: pluggy.PluginManager) -> CodecRegistry:
-    """Call every plugin's hook, one plugin at a time, so each registration knows its provider."""
-    registry = CodecRegistry()
+def build_registries(pm: pluggy.PluginManager) -> Registries:
+    """Call every plugin's hooks, one plugin at a time, so each registration knows its provider."""
+    regs = Registries(CodecRegistry(), DatasetRegistry(), EvaluatorRegistry())
+    targets = {"latentbridge_register_codecs": regs.codecs, "latentbridge_register_datasets": regs.datasets,
+               "latentbridge_register_evaluators": regs.evaluators}
     providers = _providers(pm)
     plugins = pm.get_plugins()
-    for plugin in plugins:
-        provider = providers.get(id(plugin), f"plugin '{pm.get_name(plugin)}' (registered at runtime)")
-        caller = pm.subset_hook_caller(
-            "latentbridge_register_codecs", remove_plugins=[p for p in plugins if p is not plugin]
-        )
+    for hook, reg in targets.items():
+        for plugin in plugins:
+            provider = providers.get(id(plugin), f"plugin '{pm.get_name(plugin)}' (registered at runtime)")
+            caller = pm.subset_hook_caller(hook, remove_plugins=[p for p in plugins if p is not plugin])
 
-        def register(codec_cls: Any, _provider: str = provider) -> None:
-            registry.register(codec_cls, provider=_provider)
+            def register(cls: Any, _provider: str = provider, _reg: Registry = reg) -> None:
+                _reg.register(cls, provider=_provider)
 
-        caller(register=register)
-    return registry
-
-
-_REGISTRY: CodecRegistry | None = None
+            caller(register=register)
+    return regs
 
 
-def registry(refresh: bool = False) -> CodecRegistry:
-    """The process-wide codec registry, built on first use."""
-    global _REGISTRY
-    if _REGISTRY is None or refresh:
-        _REGISTRY = build_registry(make_plugin_manager())
-    return _REGISTRY
+_REGISTRIES: Registries | None = None
+
+
+def registries(refresh: bool = False) -> Registries:
+    """The process-wide registries, built on first use."""
+    global _REGISTRIES
+    if _REGISTRIES is None or refresh:
+        _REGISTRIES = build_registries(make_plugin_manager())
+    return _REGISTRIES
 
 
 def get_codec_class(name: str) -> type[Codec]:
-    return registry().get(name)
+    return registries().codecs.get(name)
 
 
 def create_codec(name: str, config: Any = None) -> Codec:
-    return registry().create(name, config)
+    return registries().codecs.create(name, config)
 
 
 def load_codec(directory: str | os.PathLike) -> Codec:
-    return registry().load(directory)
+    return registries().codecs.load(directory)
 
 
-def provider_of(codec_cls: type[Codec]) -> str:
-    """The distribution (and version) whose package defines `codec_cls`, e.g. 'latentbridge-toy 0.1.0'."""
-    top = codec_cls.__module__.split(".")[0]
-    for dist_name in importlib.metadata.packages_distributions().get(top, []):
-        try:
-            return f"{dist_name} {importlib.metadata.version(dist_name)}"
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return f"module {codec_cls.__module__}"
-
-
-def resolve_codec_configs(cfg: Any, reg: CodecRegistry | None = None) -> dict[str, Any]:
-    """Check an experiment's codec slots against the installed codecs; fill in each codec's full config.
-
-    Returns role -> codec config dataclass. Unknown codec names and bad codec options are errors that
-    name the path (`codecs.<role>.codec`, `codecs.<role>.config.<field>`).
-    """
-    from latentbridge.config import from_dict, to_dict
-
-    reg = reg or registry()
-    resolved = {}
-    for role, slot in cfg.codecs.items():
-        try:
-            cls = reg.get(slot.codec)
-        except UnknownCodecError as err:
-            raise UnknownCodecError(f"codecs.{role}.codec: {err}") from None
-        resolved[role] = from_dict(cls.config_class, slot.config, path=f"codecs.{role}.config")
-        if not getattr(slot, "pretrained", None):  # a pretrained codec's config comes from its directory; keep the overrides only
-            slot.config = to_dict(resolved[role])
-    return resolved
+def create_dataset(name: str, config: Any = None, seed: int = 0) -> Dataset:
+    return registries().datasets.create(name, config, seed)

@@ -12,10 +12,12 @@ its examples come from. The layouts latentbridge trains on are all of this one s
 A mixture (`tasks:` in the config) draws each batch from several tasks in proportion to their weights
 (largest-remainder shares of the batch, the same at every step), each from its own data set. Roles are
 codec slots under `codecs:`, so a codec added by a plugin joins a task by config alone: name it under
-`codecs:` and use its role in a task. Condition dropout for guidance applies to every task's examples.
+`codecs:` and use its role in a task. Data sets are plugins too (`latentbridge datasets list`): a task
+names one and its options, checked against the data set's config dataclass. Condition dropout for
+guidance applies to every task's examples.
 
-    tasks = tasks_of(cfg)                 # [Task]: the mixture, or the single `task`
-    mix = TaskMixture(tasks, seed)        # data for each task
+    tasks = tasks_of(cfg, reg)            # [Task]: the mixture, or the single `task`; data checked against reg
+    mix = TaskMixture(tasks, seed, reg)   # data for each task
     raw = mix.batch(step, 256)            # [(task, {field: items})], shares by weight
 """
 
@@ -29,9 +31,22 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from latentbridge.config import DataConfig, ExperimentConfig
+from latentbridge.config import ExperimentConfig
+from latentbridge.data.base import Dataset, epoch_indices
 from latentbridge.errors import ConfigError
+from latentbridge.plugins import Registries, registries
 from latentbridge.sequence import Example, task_examples
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    """A registered data set and its resolved options: what a task's examples come from."""
+
+    name: str
+    config: Any
+    """The data set's config dataclass."""
+    key: str = dataclasses.field(default="data", compare=False, repr=False)
+    """Where the experiment configures it (`data`, `tasks.<name>`), for error messages."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +57,7 @@ class Task:
     cond: tuple[str, ...]
     target: str
     weight: float = 1.0
-    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    data: DataSpec | None = None
 
     @property
     def roles(self) -> tuple[str, ...]:
@@ -61,20 +76,36 @@ class Task:
         return task_examples(self.cond, self.target, latents)
 
 
-def tasks_of(cfg: ExperimentConfig) -> list[Task]:
-    """The experiment's tasks: its `tasks` mixture, or the single `task` (named after its direction)."""
+def data_of(cfg: ExperimentConfig, reg: Registries | None = None) -> DataSpec:
+    """The experiment's `data` section, checked against the installed data sets."""
+    reg = reg or registries()
+    if not cfg.data.name:
+        raise ConfigError("data.name is empty: name the data set to train on (`latentbridge datasets list` shows the installed "
+                          "ones), e.g. --data.name=gaussian_ring.")
+    return DataSpec(cfg.data.name, reg.datasets.config_of(cfg.data.name, cfg.data.config), "data")
+
+
+def tasks_of(cfg: ExperimentConfig, reg: Registries | None = None) -> list[Task]:
+    """The experiment's tasks: its `tasks` mixture, or the single `task` (named after its direction), each with its data
+    set checked against the installed ones and its options against that data set's config dataclass."""
+    reg = reg or registries()
     if not cfg.tasks:
         if not cfg.task.target:
             raise ConfigError("task.target is empty: name the role to generate (e.g. --task.target=image), or give a `tasks` mixture.")
         name = "_to_".join([*cfg.task.cond, cfg.task.target]) if cfg.task.cond else cfg.task.target
-        return [Task(name, tuple(cfg.task.cond), cfg.task.target, 1.0, cfg.data)]
+        return [Task(name, tuple(cfg.task.cond), cfg.task.target, 1.0, data_of(cfg, reg))]
     out = []
     for name, t in cfg.tasks.items():
-        data = cfg.data
-        if t.data is not None and t.data != cfg.data.name:
-            data = dataclasses.replace(cfg.data, name=t.data, sources=None)
-        if t.sources is not None:
-            data = dataclasses.replace(data, sources=list(t.sources))
+        where = f"tasks.{name}"
+        if t.data is None or t.data == cfg.data.name:
+            if not cfg.data.name:
+                raise ConfigError(f"{where}.data is empty and so is data.name: name the data set of this task "
+                                  "(`latentbridge datasets list` shows the installed ones).")
+            data_of(cfg, reg)  # data.config on its own first, so its errors name data.config
+            options = {**cfg.data.config, **(t.data_config or {})}
+            data = DataSpec(cfg.data.name, reg.datasets.config_of(cfg.data.name, options, where), where)
+        else:
+            data = DataSpec(t.data, reg.datasets.config_of(t.data, t.data_config or {}, where), where)
         out.append(Task(name, tuple(t.cond), t.target, float(t.weight), data))
     return out
 
@@ -120,36 +151,31 @@ class TaskMixture:
     Tasks on the same data set (caption -> image and image -> caption) share one loaded source but walk
     through it in their own order (a seed per task)."""
 
-    def __init__(self, tasks: Sequence[Task], seed: int) -> None:
-        from latentbridge.data.sources import make_source
-
+    def __init__(self, tasks: Sequence[Task], seed: int, reg: Registries | None = None) -> None:
         if not tasks:
             raise ConfigError("a task mixture needs at least one task")
+        reg = reg or registries()
         self.tasks, self.seed = list(tasks), seed
-        self.sources: dict[str, Any] = {}
+        self.sources: dict[str, Dataset] = {}
         for t in self.tasks:
             key = repr(t.data)
             if key not in self.sources:
-                self.sources[key] = make_source(t.data, seed)
+                self.sources[key] = reg.datasets.create(t.data.name, t.data.config, seed)
         self._weights = [t.weight for t in self.tasks]
 
-    def source(self, task: Task) -> Any:
+    def source(self, task: Task) -> Dataset:
         return self.sources[repr(task.data)]
 
     def check_fields(self, modalities: Mapping[str, str]) -> None:
         """Every role of every task has a field of its codec's modality in the task's data, or a clear error."""
-        from latentbridge.data.sources import field_for
-
         for t in self.tasks:
             for role in t.roles:
                 try:
-                    field_for(self.source(t), role, modalities[role])
+                    self.source(t).field(modalities[role], role)
                 except ConfigError as err:
                     raise ConfigError(f"task {t.name} ({t.direction}, data {t.data.name}): {err}") from None
 
     def _take(self, task: Task, step: int, n: int, gen: torch.Generator | None) -> dict[str, list]:
-        from latentbridge.data.text import epoch_indices
-
         src = self.source(task)
         if not src.finite:
             return src.batch(step, n, gen if gen is not None else torch.Generator().manual_seed(step))

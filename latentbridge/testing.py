@@ -1,4 +1,4 @@
-"""Public conformance kit for codec authors.
+"""Public conformance kits for plugin authors: `CodecConformance`, `DatasetConformance`.
 
 Subclass `CodecConformance` in your plugin's tests and name your codec; pytest then runs every check:
 
@@ -10,7 +10,8 @@ Subclass `CodecConformance` in your plugin's tests and name your codec; pytest t
         codec_config = {"latent_dim": 8}      # optional
 
 A codec that passes these checks trains and samples through the whole pipeline with no other change.
-The same checks run from the command line: `latentbridge codecs check NAME`.
+The same checks run from the command line: `latentbridge codecs check NAME`. `DatasetConformance` does the
+same for a data set (`dataset_class`, `dataset_config`): declared fields, deterministic batches and splits.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 from torch import Tensor
 
 from latentbridge.codecs import Codec, Latents, LatentSpec
+from latentbridge.data import Dataset
 from latentbridge.errors import LatentbridgeError
 
 CHECKS = (
@@ -40,6 +42,7 @@ CHECKS = (
     "test_frozen_codec_builds_no_graph",
     "test_loss_terms",
     "test_diagnostics",
+    "test_write_and_read_items",
 )
 
 
@@ -289,6 +292,82 @@ class CodecConformance:
             _require(isinstance(key, str) and isinstance(value, (int, float)) and not isinstance(value, bool),
                      f"diagnostic {key!r} must be a plain number, got {type(value).__name__}")
             _require(value == value and abs(value) != float("inf"), f"diagnostic {key!r} is {value}")
+
+    @_check
+    def test_write_and_read_items(self) -> None:
+        """write_items writes files that exist; where read_items is implemented, reading them back gives items the
+        codec collates (`sample`, `eval` and `reconstruct --files` rely on both)."""
+        codec, items, _ = self._setup()
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                paths = codec.write_items(items, tmp, [f"item {i}" for i in range(len(items))])
+            except NotImplementedError:
+                return  # a codec that writes no files: sample/eval write nothing for it
+            _require(isinstance(paths, list) and paths and all(p.exists() for p in paths),
+                     f"write_items must return the paths it wrote, got {paths!r}")
+            try:
+                back = codec.read_items([p for p in paths if p.name != "grid.png"])
+            except NotImplementedError:
+                return
+            _require(len(back) == len(items), f"read_items read {len(back)} items back from the files of {len(items)}")
+            codec.collate(back)
+
+
+class DatasetConformance:
+    """Checks of the data-set protocol (latentbridge.data). Subclass it; set `dataset_class` (and `dataset_config`)."""
+
+    dataset_class: ClassVar[type[Dataset] | None] = None
+    dataset_config: ClassVar[dict[str, Any] | None] = None
+    """Fields of the data set's config to set (defaults otherwise); keep it small, the checks load it twice."""
+    seed: ClassVar[int] = 0
+    batch_size: ClassVar[int] = 4
+
+    def make_dataset(self, seed: int | None = None) -> Dataset:
+        from latentbridge.typedconfig import from_dict
+
+        cls = self.dataset_class
+        if cls is None:
+            raise TypeError(f"{type(self).__name__}: set dataset_class")
+        return cls(from_dict(cls.config_class, copy.deepcopy(self.dataset_config or {}), "data.config"), self.seed if seed is None else seed)
+
+    def _fields(self, data: Dataset, items: Any, what: str) -> int:
+        from latentbridge.data import check_items
+
+        check_items(data, items, what)
+        return len(items[next(iter(data.fields.values()))])
+
+    def test_declares_name_fields_and_options(self) -> None:
+        cls = self.dataset_class
+        _require(isinstance(getattr(cls, "name", None), str) and cls.name, "set a `name` class attribute")
+        _require(isinstance(cls.fields, dict) and cls.fields, "declare `fields`: modality -> item field")
+        _require(dataclasses.is_dataclass(cls.config_class), "config_class must be a dataclass")
+
+    def test_batches_are_deterministic_and_complete(self) -> None:
+        a, b = self.make_dataset(), self.make_dataset()
+        for step in (0, 3):
+            x = a.batch(step, self.batch_size, torch.Generator().manual_seed(step))
+            y = b.batch(step, self.batch_size, torch.Generator().manual_seed(step))
+            _require(self._fields(a, x, f"batch({step})") == self.batch_size, f"batch({step}, {self.batch_size}) has another size")
+            for f in a.fields.values():
+                _require(all(_same_item(u, v, 0.0) for u, v in zip(x[f], y[f])), f"batch({step}) differs between two loads")
+
+    def test_splits_are_deterministic_and_sized(self) -> None:
+        a, b = self.make_dataset(), self.make_dataset()
+        for name in ("test", *a.held_out):
+            x, y = a.split(name, 3), b.split(name, 3)
+            n = self._fields(a, x, f"split({name!r})")
+            _require(n <= 3, f"split({name!r}, 3) returned {n} items")
+            for f in a.fields.values():
+                _require(all(_same_item(u, v, 0.0) for u, v in zip(x[f], y[f])), f"split({name!r}) differs between two loads")
+
+    def test_stats_sample_and_finite_access(self) -> None:
+        data = self.make_dataset()
+        _require(self._fields(data, data.stats_sample(5), "stats_sample(5)") <= 5, "stats_sample(5) returned more than 5 items")
+        if data.finite:
+            idx = data.indices(0, self.batch_size)
+            _require(len(idx) == self.batch_size and int(idx.max()) < len(data), "indices(step, size) must index the data set")
+            self._fields(data, data.items_at(idx), "items_at(indices)")
+            _require(isinstance(data.key(), str) and data.key() == self.make_dataset().key(), "key() must identify the data")
 
 
 @dataclasses.dataclass

@@ -35,10 +35,10 @@ def test_codecs_list_shows_plugins_with_providers():
     proc = run("codecs", "list", "--json")
     assert proc.returncode == 0, proc.stderr
     rows = {r["name"]: r for r in json.loads(proc.stdout)}
-    assert rows["vector"]["provider"] == "latentbridge-toy 0.1.0" and rows["vector"]["modality"] == "vector"
+    assert rows["vector"]["provider"] == "latentbridge-toy 0.2.0" and rows["vector"]["modality"] == "vector"
     assert rows["identity"]["tokens"] == "variable" and rows["label"]["tokens"] == 1
     table = run("codecs", "list").stdout
-    assert "provider" in table.splitlines()[0] and "latentbridge-toy 0.1.0" in table
+    assert "provider" in table.splitlines()[0] and "latentbridge-toy 0.2.0" in table
 
 
 def test_autoload_off_hides_entry_point_plugins():
@@ -57,6 +57,18 @@ def test_codecs_show_documents_options():
     assert proc.returncode == 0 and "# Dimension n of the points." in proc.stdout and "input_dim: 2" in proc.stdout
 
 
+def test_datasets_and_evaluators_list_their_providers():
+    proc = run("datasets", "list", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["name"]: r for r in json.loads(proc.stdout)}
+    assert rows["gaussian_ring"]["provider"] == "latentbridge-toy 0.2.0" and rows["images"]["provider"] == "latentbridge-demo 0.2.0"
+    assert rows["images"]["fields"] == "image: image, text: caption"
+    proc = run("evaluators", "list")
+    assert proc.returncode == 0 and "prior-fit" in proc.stdout and "caption-to-image" in proc.stdout, proc.stderr
+    proc = run("datasets", "show", "speech")
+    assert proc.returncode == 0 and "words: dictionary" in proc.stdout and "# Speech engines" in proc.stdout, proc.stderr
+
+
 def test_config_show_resolves_codec_configs():
     proc = run("config", "show", "configs/toy_label_to_vector.yaml", "--seed=7", "--codecs.point.config.latent_dim=3")
     assert proc.returncode == 0, proc.stderr
@@ -73,6 +85,15 @@ def test_config_show_resolves_codec_configs():
         (("config", "show", "configs/toy_label_to_vector.yaml", "--codecs.label.codec=lable"), ("codecs.label.codec: unknown codec 'lable'", "Did you mean 'label'?")),
         (("config", "show", "configs/toy_label_to_vector.yaml", "--codecs.label.config.num_clases=3"), ("codecs.label.config.num_clases", "Did you mean 'num_classes'?")),
         (("config", "show", "configs/toy_label_to_vector.yaml", "stray"), ("unexpected argument 'stray'", "--dotted.key=value")),
+        (("config", "show", "configs/toy_label_to_vector.yaml", "--data.name=gausian_ring"),
+         ("data.name: unknown data set 'gausian_ring'", "Did you mean 'gaussian_ring'?", "latentbridge datasets list")),
+        (("config", "show", "configs/toy_label_to_vector.yaml", "--data.config.radus=3"),
+         ("unknown config key 'data.config.radus'", "Did you mean 'radius'?")),
+        (("config", "show", "configs/toy_label_to_vector.yaml", "--eval.evaluators=[rnig]"),
+         ("eval.evaluators[0]: unknown evaluator 'rnig'", "Did you mean 'ring'?")),
+        (("config", "show", "configs/toy_label_to_vector.yaml", "--eval.options.ring.x=1"),
+         ("unknown config key 'eval.options.ring.x'",)),
+        (("datasets", "show", "imagez"), ("unknown data set 'imagez'", "Did you mean 'images'?")),
         (("codecs", "check", "label", "--num_classes=many"), ("num_classes: expected int",)),
     ],
 )
@@ -82,11 +103,12 @@ def test_bad_input_gives_one_line_naming_the_fix(args, fragments):
 
 def test_help_on_each_command_and_module_entry():
     for args in (("--help",), ("codecs", "--help"), ("codecs", "list", "--help"), ("codecs", "check", "--help"),
-                 ("codecs", "show", "--help"), ("config", "show", "--help")):
+                 ("codecs", "show", "--help"), ("config", "show", "--help"), ("datasets", "list", "--help"),
+                 ("evaluators", "show", "--help"), ("sample", "--help"), ("eval", "--help"), ("reconstruct", "--help")):
         proc = run(*args)
         assert proc.returncode == 0 and "usage: latentbridge" in proc.stdout, args
     proc = subprocess.run([sys.executable, "-m", "latentbridge", "--version"], capture_output=True, text=True)
-    assert proc.stdout.strip() == "latentbridge 0.1.0"
+    assert proc.stdout.strip() == "latentbridge 0.2.0"
 
 
 def test_in_process_main_returns_exit_codes(capsys):

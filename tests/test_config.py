@@ -9,7 +9,8 @@ from typing import Literal
 import pytest
 import yaml
 
-from latentbridge import config as C
+from latentbridge import config as S  # the experiment schema
+from latentbridge import typedconfig as C  # the general loader
 from latentbridge.errors import ConfigError
 
 
@@ -98,36 +99,36 @@ def test_override_into_a_scalar_is_refused():
 def test_load_config_missing_file_lists_siblings(tmp_path):
     (tmp_path / "real.yaml").write_text("name: a\n")
     with pytest.raises(ConfigError, match=r"config file not found: .*nope\.yaml\. YAML files in .*: real\.yaml"):
-        C.load_config(tmp_path / "nope.yaml", cls=Outer)
+        C.load_typed(tmp_path / "nope.yaml", Outer)
 
 
 def test_load_config_yaml_syntax_error_has_line(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("name: a\nprior: [1,\n")
     with pytest.raises(ConfigError, match="not valid YAML at line"):
-        C.load_config(path, cls=Outer)
+        C.load_typed(path, Outer)
 
 
 def test_python_tags_are_refused(tmp_path):
     path = tmp_path / "evil.yaml"
     path.write_text("name: !!python/object/apply:os.system ['echo pwned']\n")
     with pytest.raises(ConfigError, match="no !!python tags"):
-        C.load_config(path, cls=Outer)
+        C.load_typed(path, Outer)
 
 
 def test_load_applies_overrides_and_prefixes_file(tmp_path):
     path = tmp_path / "exp.yaml"
     path.write_text("name: a\nprior:\n  depth: 2\n")
-    assert C.load_config(path, ["--prior.depth=6"], cls=Outer).prior.depth == 6
+    assert C.load_typed(path, Outer, ["--prior.depth=6"]).prior.depth == 6
     with pytest.raises(ConfigError, match=r"exp\.yaml: unknown config key 'lrr'"):
-        C.load_config(path, ["--lrr=1"], cls=Outer)
+        C.load_typed(path, Outer, ["--lrr=1"])
 
 
 def test_yaml_round_trip(tmp_path):
     cfg = C.from_dict(Outer, {"name": "r", "shift": 2, "prior": {"solver": "heun", "scales": [1, 2]}})
     path = tmp_path / "saved.yaml"
     C.save_config(cfg, path)
-    assert C.load_config(path, cls=Outer) == cfg
+    assert C.load_typed(path, Outer) == cfg
     with_docs = C.dump_yaml(cfg, docs=True)
     assert "# Learning rate." in with_docs and "  # ODE solver." in with_docs
     assert C.from_dict(Outer, yaml.safe_load(with_docs)) == cfg
@@ -139,22 +140,39 @@ def test_every_schema_field_has_a_docstring():
 
     from latentbridge.prior import PriorConfig
 
-    schema = [v for v in vars(C).values() if dataclasses.is_dataclass(v) and v.__module__ == C.__name__]
+    schema = [v for v in vars(S).values() if dataclasses.is_dataclass(v) and v.__module__ == S.__name__]
     for cls in (*schema, IdentityConfig, LatentSpec, PriorConfig):
         docs = C.field_docs(cls)
         missing = [f.name for f in dataclasses.fields(cls) if f.name not in docs]
         assert not missing, f"{cls.__name__} fields without a docstring: {missing}"
 
 
-def test_shipped_configs_load():
+def test_shipped_configs_load_and_resolve_against_the_installed_plugins(autoload_plugins):
+    from latentbridge.build import resolve_codec_configs
+    from latentbridge.plugins import registries
+    from latentbridge.tasks import tasks_of
+
     paths = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
     assert paths
     for path in paths:
-        assert C.load_config(path).name
+        cfg = S.load_config(path)
+        resolve_codec_configs(cfg, registries().codecs)
+        assert all(t.data.name in registries().datasets for t in tasks_of(cfg)), path
+
+
+def test_every_plugin_option_has_a_docstring(autoload_plugins):
+    from latentbridge.plugins import registries
+
+    regs = registries()
+    for entry in [*regs.codecs.entries(), *regs.datasets.entries(), *regs.evaluators.entries()]:
+        cls = entry.cls.config_class
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in C.field_docs(cls)]
+        assert not missing, f"{entry.name} ({entry.provider}): {cls.__name__} fields without a docstring: {missing}"
 
 
 def test_yaml_no_reads_as_the_string_choice_it_spells():
-    from latentbridge.config import ExperimentConfig, apply_overrides, from_dict, parse_overrides
+    from latentbridge.config import ExperimentConfig
+    from latentbridge.typedconfig import apply_overrides, from_dict, parse_overrides
 
     cfg = from_dict(ExperimentConfig, apply_overrides({"name": "x"}, parse_overrides(["--train.mixed_precision=no"])))
     assert cfg.train.mixed_precision == "no"

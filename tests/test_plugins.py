@@ -1,4 +1,5 @@
-"""Plugin manager and strict codec registry (in-process; installed-distribution cases are in test_third_party)."""
+"""Plugin manager and the strict registries: codecs, data sets, evaluators (in-process; installed-distribution cases
+are in test_third_party)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import pytest
 from latentbridge import __version__, plugins
 from latentbridge.codecs import Codec
 from latentbridge.codecs.identity import IdentityCodec
-from latentbridge.errors import DuplicateCodecError, PluginError, UnknownCodecError
+from latentbridge.data import ItemDataset
+from latentbridge.errors import DuplicateCodecError, DuplicateNameError, PluginError, UnknownCodecError, UnknownNameError
+from latentbridge.evaluate import Evaluator
 from latentbridge.hookspecs import hookimpl
 
 
@@ -29,8 +32,48 @@ class OtherIdentity(IdentityCodec):
     """Same name as the built-in: must clash."""
 
 
+def registries_with(*plugin_objects, autoload=False):
+    return plugins.build_registries(plugins.make_plugin_manager(autoload=autoload, extra_plugins=plugin_objects))
+
+
 def registry_with(*plugin_objects, autoload=False):
-    return plugins.build_registry(plugins.make_plugin_manager(autoload=autoload, extra_plugins=plugin_objects))
+    return registries_with(*plugin_objects, autoload=autoload).codecs
+
+
+@dataclasses.dataclass
+class PairsOptions:
+    """Options of the pairs data set."""
+
+    n: int = 4
+    """How many pairs."""
+
+
+class Pairs(ItemDataset):
+    name = "pairs"
+    config_class = PairsOptions
+    fields = {"text": "left", "label": "right"}
+
+    def load(self, split):
+        return {"left": [f"item {i}" for i in range(self.config.n)], "right": list(range(self.config.n))}
+
+
+class Scorer(Evaluator):
+    name = "scorer"
+    cond, target = ("text",), "label"
+
+
+class RegistersData:
+    def __init__(self, *classes):
+        self.classes = classes
+
+    @hookimpl
+    def latentbridge_register_datasets(self, register):
+        for cls in self.classes:
+            register(cls)
+
+    @hookimpl
+    def latentbridge_register_evaluators(self, register):
+        register(Scorer)
 
 
 def test_builtins_register_through_the_hook_with_autoload_off():
@@ -42,15 +85,15 @@ def test_builtins_register_through_the_hook_with_autoload_off():
 def test_entry_points_are_discovered_with_their_distribution():
     reg = registry_with(autoload=True)
     assert {"identity", "vector", "label"} <= set(reg.names())
-    assert reg.entry("vector").provider == "latentbridge-toy 0.1.0"
+    assert reg.entry("vector").provider == "latentbridge-toy 0.2.0"
     assert reg.get("label").__module__ == "latentbridge_toy.codecs"
 
 
 def test_environment_variable_turns_autoload_off(monkeypatch):
     monkeypatch.setenv(plugins.AUTOLOAD_ENV, "1")
-    assert "vector" not in plugins.build_registry(plugins.make_plugin_manager())
+    assert "vector" not in plugins.build_registries(plugins.make_plugin_manager()).codecs
     monkeypatch.delenv(plugins.AUTOLOAD_ENV)
-    assert "vector" in plugins.build_registry(plugins.make_plugin_manager())
+    assert "vector" in plugins.build_registries(plugins.make_plugin_manager()).codecs
 
 
 def test_duplicate_name_names_both_providers():
@@ -107,7 +150,47 @@ def test_registry_load_picks_the_class_by_saved_name(tmp_path):
     assert isinstance(loaded, Codec)
 
 
-def test_module_registry_is_cached_and_refreshable():
-    first = plugins.registry(refresh=True)
-    assert plugins.registry() is first
-    assert plugins.registry(refresh=True) is not first
+def test_module_registries_are_cached_and_refreshable():
+    first = plugins.registries(refresh=True)
+    assert plugins.registries() is first
+    assert plugins.registries(refresh=True) is not first
+
+
+def test_data_sets_and_evaluators_register_through_their_hooks():
+    regs = registries_with(RegistersData(Pairs))
+    assert regs.datasets.names() == ["pairs"] and regs.datasets.entry("pairs").provider.endswith("(registered at runtime)")
+    assert "scorer" in regs.evaluators and {"prior-fit", "reconstruction", "samples"} <= set(regs.evaluators.names())
+    data = regs.datasets.create("pairs", {"n": 3}, seed=0)
+    assert len(data) == 3 and data.split("test", 2) == {"left": ["item 0", "item 1"], "right": [0, 1]}
+
+
+def test_data_set_and_evaluator_names_are_unique_and_known():
+    with pytest.raises(DuplicateNameError, match="data set name 'pairs' is registered twice"):
+        registries_with(RegistersData(Pairs, type("Again", (Pairs,), {})))
+    with pytest.raises(DuplicateNameError, match="evaluator name 'scorer' is registered twice"):
+        registries_with(RegistersData(Pairs), RegistersData())
+    regs = registries_with(RegistersData(Pairs))
+    with pytest.raises(UnknownNameError, match=r"^data\.name: unknown data set 'pair'\. Did you mean 'pairs'\? Installed data sets: pairs\."):
+        regs.datasets.create("pair")
+    with pytest.raises(UnknownNameError, match=r"^eval\.evaluators\[0\]: unknown evaluator 'scorr'\. Did you mean 'scorer'\?"):
+        regs.evaluators.entry("scorr", "eval.evaluators[0]")
+    with pytest.raises(Exception, match=r"unknown config key 'data\.config\.m'\. Valid keys of data\.config: n\."):
+        regs.datasets.create("pairs", {"m": 3})
+
+
+@pytest.mark.parametrize("bad, pattern", [
+    (type("NoFields", (Pairs,), {"name": "nofields", "fields": {}}), "without `fields`"),
+    (type("NotData", (), {"name": "x"}), "not a subclass of latentbridge.data.Dataset"),
+])
+def test_invalid_data_sets_are_refused(bad, pattern):
+    with pytest.raises(PluginError, match=pattern):
+        registries_with(RegistersData(bad))
+
+
+def test_a_data_set_returning_undeclared_fields_is_stopped():
+    from latentbridge.errors import DatasetOutputError
+
+    broken = type("Broken", (Pairs,), {"name": "broken", "load": lambda self, split: {"left": ["a"]}})
+    with pytest.raises(DatasetOutputError, match=r"data set 'broken' load\('train'\) returned fields \['left'\]; it declares "
+                                                 r"\['left', 'right'\] \(missing right\)"):
+        broken()

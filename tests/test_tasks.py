@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from latentbridge.config import ExperimentConfig, from_dict, load_config
-from latentbridge.errors import ConfigError
+from latentbridge.config import ExperimentConfig, load_config
+from latentbridge.errors import ConfigError, UnknownNameError
 from latentbridge.tasks import Task, TaskMixture, find_task, shares, tasks_of
+from latentbridge.typedconfig import from_dict
 
 ROLES = {"text": {"codec": "text-vae"}, "image": {"codec": "image-vae"}, "speech": {"codec": "audio-vae"}}
 
@@ -35,16 +36,38 @@ def test_shares_are_exact_when_the_batch_divides():
     assert shares([3, 3, 2, 2], 60) == [18, 18, 12, 12]
 
 
-def test_single_task_and_mixture():
-    one = tasks_of(cfg_with(task={"cond": ["text"], "target": "image"}))
+def test_single_task_and_mixture(autoload_plugins):
+    one = tasks_of(cfg_with(task={"cond": ["text"], "target": "image"}, data={"name": "images"}))
     assert [(t.name, t.cond, t.target) for t in one] == [("text_to_image", ("text",), "image")]
     mix = tasks_of(cfg_with(tasks={"c2i": {"cond": ["text"], "target": "image", "weight": 3, "data": "images"},
-                                   "t2s": {"cond": ["text"], "target": "speech", "data": "speech", "sources": ["flite"]}},
-                            data={"name": "images", "sources": ["emoji"]}))
-    assert [t.name for t in mix] == ["c2i", "t2s"]
-    assert mix[0].data.name == "images" and mix[0].data.sources == ["emoji"]  # the data section's own sources
-    assert mix[1].data.name == "speech" and mix[1].data.sources == ["flite"] and mix[1].weight == 1.0
+                                   "i2c": {"cond": ["image"], "target": "text", "data_config": {"scenes": 10}},
+                                   "t2s": {"cond": ["text"], "target": "speech", "data": "speech", "data_config": {"sources": ["flite"]}}},
+                            data={"name": "images", "config": {"sources": ["emoji"]}}))
+    assert [t.name for t in mix] == ["c2i", "i2c", "t2s"]
+    assert mix[0].data.name == "images" and mix[0].data.config.sources == ["emoji"]  # the data section's own options
+    assert mix[1].data.config.sources == ["emoji"] and mix[1].data.config.scenes == 10  # the task's options on top of them
+    assert mix[2].data.name == "speech" and mix[2].data.config.sources == ["flite"] and mix[2].weight == 1.0
+    assert type(mix[2].data.config).__name__ == "SpeechOptions"  # the data set's own config dataclass
     assert mix[0].direction == "text -> image"
+
+
+@pytest.mark.parametrize("tasks, data, error, pattern", [
+    (None, {"name": "imges"}, UnknownNameError, r"^data\.name: unknown data set 'imges'\. Did you mean 'images'\? Installed data sets: "),
+    ({"t2s": {"cond": ["text"], "target": "speech", "data": "speach"}}, {"name": "images"}, UnknownNameError,
+     r"^tasks\.t2s\.data: unknown data set 'speach'\. Did you mean 'speech'\?"),
+    (None, {"name": "images", "config": {"scene": 3}}, ConfigError, r"unknown config key 'data\.config\.scene'\. Did you mean 'scenes'\?"),
+    ({"t2s": {"cond": ["text"], "target": "speech", "data": "speech", "data_config": {"clips": "many"}}}, {"name": "images"},
+     ConfigError, r"tasks\.t2s\.data_config\.clips: expected int, got str 'many'"),
+    ({"i2c": {"cond": ["image"], "target": "text", "data_config": {"image_sise": 64}}}, {"name": "images"}, ConfigError,
+     r"unknown config key 'tasks\.i2c\.data_config\.image_sise'\. Did you mean 'image_size'\?"),
+    (None, {}, ConfigError, r"data\.name is empty"),
+])
+def test_data_set_names_and_options_are_checked_against_the_registry(autoload_plugins, tasks, data, error, pattern):
+    task = None if tasks else {"cond": ["text"], "target": "image"}
+    cfg = cfg_with(tasks=tasks, task=task, data=data)
+    with pytest.raises(error, match=pattern) as info:
+        tasks_of(cfg)
+    assert "\n" not in str(info.value)  # one line
 
 
 @pytest.mark.parametrize("tasks, task, pattern", [
@@ -79,8 +102,8 @@ def test_examples_put_conditions_first_as_clean_context():
         t.examples({"text": [torch.zeros(3, 4)], "image": [torch.ones(5, 4), torch.zeros(5, 4)]})
 
 
-def test_mixture_batches_hold_each_tasks_share_from_its_own_data():
-    cfg = load_config("configs/demo.yaml", ["--data.scenes=40", "--data.clips=60"])
+def test_mixture_batches_hold_each_tasks_share_from_its_own_data(autoload_plugins):
+    cfg = load_config("configs/demo.yaml", ["--data.config.scenes=40"])
     mix = TaskMixture(tasks_of(cfg), cfg.seed)
     assert len(mix.sources) == 3  # images, speech (all voices), speech (flite only)
     parts = mix.batch(0, 20)
@@ -103,8 +126,8 @@ def test_plugin_codecs_join_a_mixture_by_config_alone(tmp_path, autoload_plugins
     """The toy plugin's codecs, both directions in one prior: nothing but config names them."""
     import json
 
-    from latentbridge.experiments.common import train
-    from latentbridge.experiments.multimodal import generate
+    from latentbridge.pipeline import Pipeline
+    from latentbridge.train.experiment import train
 
     cfg = load_config("configs/toy_label_to_vector.yaml", [
         "--task.cond=[]", "--task.target=", "--train.steps=4", "--train.batch_size=32", "--train.log_every=1",
@@ -115,6 +138,7 @@ def test_plugin_codecs_join_a_mixture_by_config_alone(tmp_path, autoload_plugins
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     prior_rows = [r for r in rows if r["stage"] == "prior"]
     assert len(prior_rows) == 4 and {"loss/point", "loss/label"} <= set(prior_rows[0])
-    points = generate(cfg, codecs, prior, layout, {"label": [0, 3, 5]}, target="point", seed=0)
-    labels = generate(cfg, codecs, prior, layout, {"point": points}, target="label", seed=0)
+    pipe = Pipeline(cfg, codecs, prior, layout)
+    points = pipe.generate({"label": [0, 3, 5]}, target="point", seed=0)
+    labels = pipe.generate({"point": points}, target="label", seed=0)
     assert len(points) == 3 and len(labels) == 3

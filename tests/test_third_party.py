@@ -1,4 +1,5 @@
-"""Codecs from separate distributions, installed with pip: discovery, removal, clashes, broken plugins."""
+"""Plugins from separate distributions, installed with pip: discovery, removal, clashes, broken plugins, and the
+walk-through package (examples/write_a_codec) training, sampling and evaluating a new modality end to end."""
 
 from __future__ import annotations
 
@@ -72,9 +73,9 @@ def test_pip_install_into_the_venv_then_uninstall():
     try:
         pip("install", "--no-deps", "--no-build-isolation", str(EXAMPLE))
         row = listed()["frames"]
-        assert row["provider"] == "latentbridge-frames 0.1.0" and row["modality"] == "signal" and row["tokens"] == "variable"
+        assert row["provider"] == "latentbridge-frames 0.2.0" and row["modality"] == "signal" and row["tokens"] == "variable"
         check = cli("codecs", "check", "frames")
-        assert check.returncode == 0 and "11 passed, 0 failed" in check.stdout, check.stdout
+        assert check.returncode == 0 and "12 passed, 0 failed" in check.stdout, check.stdout
     finally:
         pip("uninstall", "-y", "latentbridge-frames")
     assert "frames" not in listed()
@@ -86,7 +87,30 @@ def test_example_plugin_runs_its_own_conformance_tests(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLE / "tests")],
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:]
-    assert "22 passed" in proc.stdout
+    assert "40 passed" in proc.stdout
+
+
+def test_walk_through_package_trains_samples_and_evaluates_a_new_modality(tmp_path):
+    """The example distribution adds a codec, a data set, an evaluator and a task config; installed with pip, it
+    trains, samples and evaluates through the CLI with no edit to latentbridge."""
+    target = install_target(EXAMPLE, tmp_path / "site")
+    run = tmp_path / "tones"
+    for args in (("datasets", "show", "tones"), ("evaluators", "list")):
+        proc = cli(*args, pythonpath=target)
+        assert proc.returncode == 0 and "latentbridge-frames 0.2.0" in proc.stdout + cli("datasets", "list", pythonpath=target).stdout
+    train = cli("train", str(EXAMPLE / "configs" / "tones.yaml"), "--run-dir", str(run), "--no-progress", pythonpath=target)
+    assert train.returncode == 0, train.stderr[-2000:]
+    sample = cli("sample", str(run), "--samples", "5", "--guidance", "2", "--no-progress", pythonpath=target)
+    assert sample.returncode == 0, sample.stderr[-2000:]
+    assert len(list((run / "samples" / "pitch_to_signal" / "g2").glob("*.npy"))) == 5  # written by the plugin's codec
+    ev = cli("eval", str(run), "--no-progress", pythonpath=target)
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    task = json.loads((run / "report.json").read_text())["tasks"]["pitch_to_signal"]
+    assert {"pitch", "prior-fit", "reconstruction", "samples"} <= set(task)
+    g1, g3 = task["pitch"]["guidance 1"], task["pitch"]["guidance 3"]
+    assert g3["pitch accuracy"] > g3["shuffled pitch accuracy"] + 0.3  # the condition is used, far above its control
+    assert g1["pitch accuracy"] > 0.5 and task["prior-fit"]["with condition"] < task["prior-fit"]["without condition"]
+    assert "## pitch_to_signal" in (run / "report.md").read_text()
 
 
 CLASHING_CODEC = """
@@ -107,7 +131,7 @@ def test_two_distributions_registering_one_name_are_both_named(tmp_path):
     proc = cli("codecs", "list", pythonpath=target)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "codec name 'vector' is registered twice" in proc.stderr
-    assert "latentbridge-toy 0.1.0" in proc.stderr and "latentbridge-clash 0.1.0" in proc.stderr
+    assert "latentbridge-toy 0.2.0" in proc.stderr and "latentbridge-clash 0.1.0" in proc.stderr
 
 
 def test_two_distributions_with_one_entry_point_name_are_refused(tmp_path):
@@ -115,7 +139,7 @@ def test_two_distributions_with_one_entry_point_name_are_refused(tmp_path):
     src = make_distribution(tmp_path, "latentbridge-samename", "lb_samename", body, entry_name="toy")
     proc = cli("codecs", "list", pythonpath=install_target(src, tmp_path / "site"))
     assert proc.returncode == 2 and "entry point 'toy'" in proc.stderr
-    assert "latentbridge-toy 0.1.0" in proc.stderr and "latentbridge-samename 0.1.0" in proc.stderr
+    assert "latentbridge-toy 0.2.0" in proc.stderr and "latentbridge-samename 0.1.0" in proc.stderr
 
 
 def test_a_broken_plugin_is_named_with_the_way_out(tmp_path):

@@ -17,8 +17,8 @@ from safetensors.torch import save_file
 
 from latentbridge.config import load_config
 from latentbridge.errors import CheckpointError, ConfigError
-from latentbridge.experiments.toy import train
-from latentbridge.plugins import build_registry, make_plugin_manager
+from latentbridge.train.experiment import train
+from latentbridge.plugins import build_registries, make_plugin_manager
 from latentbridge.train.checkpoint import PAUSE_ENV, latest_checkpoint
 from latentbridge.train.trainer import STEP_PAUSE_ENV, TrainingError
 
@@ -31,7 +31,7 @@ SMALL = ["--train.steps=30", "--train.log_every=1", "--train.checkpoint_every=10
 
 @pytest.fixture(scope="module")
 def reg():
-    return build_registry(make_plugin_manager(autoload=True))
+    return build_registries(make_plugin_manager(autoload=True))
 
 
 def losses(run_dir: Path, stage: str = "prior") -> dict[int, float]:
@@ -134,7 +134,7 @@ def test_checkpoint_layout_and_retention(uninterrupted):
                                                 "state.json", "config.yaml"}
     state = json.loads((step / "state.json").read_text())
     assert state["step"] == 30 and state["stage"] == "prior" and state["experiment"] == "toy-label-to-vector"
-    assert state["codecs"]["label"]["codec"] == "label" and state["codecs"]["label"]["provider"] == "latentbridge-toy 0.1.0"
+    assert state["codecs"]["label"]["codec"] == "label" and state["codecs"]["label"]["provider"] == "latentbridge-toy 0.2.0"
     assert len(state["codecs"]["point"]["fingerprint"]) == 16
     for name in ("config.yaml", "metrics.jsonl", "loss.png", "codecs/label/codec.json"):
         assert (uninterrupted / name).exists(), name
@@ -166,7 +166,7 @@ def test_resume_refuses_an_architecture_change(tmp_path, uninterrupted, reg):
 
 def test_resume_refuses_other_codecs(tmp_path, uninterrupted, reg):
     run_dir = copy_run(uninterrupted, tmp_path / "run")
-    codec = reg.load(run_dir / "codecs" / "point")
+    codec = reg.codecs.load(run_dir / "codecs" / "point")
     codec.stats.set(codec.stats.shift + 1.0, codec.stats.scale)
     codec.save_pretrained(run_dir / "codecs" / "point")
     with pytest.raises(CheckpointError, match=r"its codecs differ(.|\n)*checkpoint:(.|\n)*installed:"):
@@ -184,18 +184,18 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, uninterrupt
     huge = tmp_path / "huge.safetensors"  # finite inputs whose squared error overflows float32
     save_file({"points": torch.full((64, 2), 1e38), "labels": torch.zeros(64, dtype=torch.long)}, str(huge))
     with pytest.raises(TrainingError, match=r"loss became (nan|inf) at step 30.*Last good checkpoint: .*step_0000030"):
-        train(load_config(CONFIG, SMALL + ["--train.steps=40", f"--data.path={huge}"]), run_dir, reg=reg, resume=True, progress=False)
+        train(load_config(CONFIG, SMALL + ["--train.steps=40", f"--data.config.path={huge}"]), run_dir, reg=reg, resume=True, progress=False)
     assert latest_checkpoint(run_dir / "checkpoints").name == "step_0000030"
     assert max(losses(run_dir)) == 29  # nothing logged past the failure
 
 
 def test_missing_and_bad_data_paths(tmp_path, reg):
-    with pytest.raises(ConfigError, match=r"data.path: .*nope.safetensors does not exist"):
-        train(load_config(CONFIG, SMALL + [f"--data.path={tmp_path / 'nope.safetensors'}"]), tmp_path / "a", reg=reg, progress=False)
+    with pytest.raises(ConfigError, match=r"data.config.path: .*nope.safetensors does not exist"):
+        train(load_config(CONFIG, SMALL + [f"--data.config.path={tmp_path / 'nope.safetensors'}"]), tmp_path / "a", reg=reg, progress=False)
     bad = tmp_path / "bad.safetensors"
     save_file({"points": torch.zeros(10, 3), "labels": torch.zeros(10, dtype=torch.long)}, str(bad))
     with pytest.raises(ConfigError, match=r"holds points \(10, 3\).*expected \[N, 2\]"):
-        train(load_config(CONFIG, SMALL + [f"--data.path={bad}"]), tmp_path / "b", reg=reg, progress=False)
+        train(load_config(CONFIG, SMALL + [f"--data.config.path={bad}"]), tmp_path / "b", reg=reg, progress=False)
 
 
 def test_init_from_starts_a_new_run_from_weights(tmp_path, uninterrupted, reg):
@@ -228,7 +228,7 @@ def test_latent_cache_gives_the_same_losses_and_is_reused(tmp_path, reg):
     ring_points = torch.randn(500, 2, generator=torch.Generator().manual_seed(0)) * 2
     data = tmp_path / "data.safetensors"
     save_file({"points": ring_points, "labels": torch.arange(500) % 8}, str(data))
-    args = SMALL + [f"--data.path={data}", "--train.steps=6", f"--train.latent_cache_dir={tmp_path / 'cache'}"]
+    args = SMALL + [f"--data.config.path={data}", "--train.steps=6", f"--train.latent_cache_dir={tmp_path / 'cache'}"]
     train(load_config(CONFIG, args), tmp_path / "plain", reg=reg, progress=False)
     train(load_config(CONFIG, args + ["--train.cache_latents=true"]), tmp_path / "cached", reg=reg, progress=False)
     a, b = losses(tmp_path / "plain"), losses(tmp_path / "cached")
@@ -238,5 +238,5 @@ def test_latent_cache_gives_the_same_losses_and_is_reused(tmp_path, reg):
     stamp = [p.stat().st_mtime_ns for p in shards]
     train(load_config(CONFIG, args + ["--train.cache_latents=true"]), tmp_path / "again", reg=reg, progress=False)
     assert [p.stat().st_mtime_ns for p in shards] == stamp  # same codec and data: read, not rewritten
-    with pytest.raises(ConfigError, match="cache_latents needs a fixed data set"):
+    with pytest.raises(ConfigError, match="cache_latents needs a finite data set"):
         train(load_config(CONFIG, SMALL + ["--train.cache_latents=true"]), tmp_path / "ring", reg=reg, progress=False)

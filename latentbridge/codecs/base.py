@@ -31,7 +31,7 @@ from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 
 from latentbridge.codecs.spec import Latents, LatentSpec, LatentStats, Posterior
-from latentbridge.config import from_dict, to_dict
+from latentbridge.typedconfig import from_dict, to_dict
 from latentbridge.errors import CheckpointError, CodecOutputError, ConfigError
 
 CONFIG_FILE = "codec.json"
@@ -110,6 +110,29 @@ class Codec(nn.Module):
         each text's alignment to latent boundaries here).
         """
         return list(items)
+
+    def write_items(self, items: Sequence[Any], directory: str | os.PathLike, names: Sequence[str] | None = None) -> list[Path]:
+        """Write items as files a researcher opens (images, sound, text) into `directory`; returns the paths.
+
+        `sample`, `eval` and `reconstruct` write every codec's items through here. The default writes items
+        that are plain values (text, numbers) one per line to items.txt; codecs of other items override it
+        (and `read_items` to match)."""
+        items = list(items)
+        if not all(isinstance(x, (str, int, float)) for x in items):
+            raise NotImplementedError(f"codec '{self.name}' does not implement write_items for its {self.modality} items; "
+                                      "add write_items(items, directory, names) to the codec to write files.")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / "items.txt"
+        labels = list(names) if names is not None else [None] * len(items)
+        path.write_text("".join(f"{label}\t{json.dumps(x)}\n" if label is not None else f"{json.dumps(x)}\n"
+                                for x, label in zip(items, labels)))
+        return [path]
+
+    def read_items(self, paths: Sequence[str | os.PathLike]) -> list[Any]:
+        """Items of this codec read from your files (`latentbridge reconstruct --files`); codecs override it."""
+        raise NotImplementedError(f"codec '{self.name}' cannot read {self.modality} files: it does not implement "
+                                  "read_items(paths).")
 
     def encode_prompt(self, items: Sequence[Any]) -> Latents:
         """Latents of items that generation will continue (default: encode_items, the posterior mean).
@@ -265,7 +288,7 @@ class Codec(nn.Module):
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write codec.json (name, config, spec, versions) and model.safetensors; atomic."""
         from latentbridge import __version__
-        from latentbridge.plugins import provider_of
+        from latentbridge.versions import provider_of
 
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)

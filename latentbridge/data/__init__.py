@@ -1,7 +1,5 @@
-"""Datasets that work offline: toy distributions with known densities (toy), real English (text), emoji,
-emoji scenes, digits and photos with captions (emoji, images), spoken words and real recordings (speech);
-`sources` turns a config's `data` section into per-step batches for each codec role."""
+"""The data-set protocol (data sets themselves come from plugins through `latentbridge_register_datasets`)."""
 
-from latentbridge.data.toy import GaussianRing, ToyBatches
+from latentbridge.data.base import SPLITS, Dataset, ItemDataset, NoOptions, check_items, epoch_indices, take
 
-__all__ = ["GaussianRing", "ToyBatches"]
+__all__ = ["SPLITS", "Dataset", "ItemDataset", "NoOptions", "check_items", "epoch_indices", "take"]

@@ -34,14 +34,16 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from latentbridge import __version__
+from latentbridge.build import experiment_prior_config
 from latentbridge.codecs import Codec, Posterior
-from latentbridge.config import ExperimentConfig, dump_yaml, to_dict
+from latentbridge.config import ExperimentConfig
 from latentbridge.errors import CheckpointError, ConfigError, LatentbridgeError
 from latentbridge.flow import make_time_sampler
-from latentbridge.plugins import provider_of
-from latentbridge.prior import BlockCausalDiT, prior_config
+from latentbridge.prior import BlockCausalDiT
 from latentbridge.sequence import SequenceLayout, drop_conditions
-from latentbridge.tasks import TaskBatch, tasks_of
+from latentbridge.tasks import TaskBatch
+from latentbridge.typedconfig import dump_yaml, to_dict
+from latentbridge.versions import provider_of
 from latentbridge.train.checkpoint import clean_partial, latest_checkpoint, load_checkpoint, save_checkpoint
 from latentbridge.train.objective import draw_noise, prior_loss
 
@@ -63,24 +65,6 @@ def lr_schedule(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def experiment_prior_config(cfg: ExperimentConfig, layout: SequenceLayout):
-    """The PriorConfig an experiment's `prior` section and codec widths describe."""
-    p = cfg.prior
-    chosen: list[str] = []
-    if isinstance(p.block_positions, list):
-        unknown = [r for r in p.block_positions if r not in layout.ids]
-        if unknown or not p.block_positions:
-            raise ConfigError(f"prior.block_positions: {', '.join(map(repr, unknown)) or 'an empty list'} names no codec role "
-                              f"of this experiment; use true, false or a list of its roles ({', '.join(layout.names)}).")
-        chosen = list(dict.fromkeys(p.block_positions))
-    elif p.block_positions:
-        chosen = list(layout.names)
-    places = max((layout.streams[r].block_size for r in chosen), default=0)
-    ids = tuple(layout.ids[r] for r in chosen) if isinstance(p.block_positions, list) else ()
-    return prior_config(p.preset, layout.dims, width=p.width, depth=p.depth, heads=p.heads, mlp_ratio=p.mlp_ratio, attention=p.attention,
-                        block_positions=places, block_position_codecs=ids)
-
-
 def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
@@ -89,7 +73,7 @@ class StageLoss(nn.Module):
     """The loss of one stage as one module: trainable parts registered, frozen codecs held aside."""
 
     def __init__(self, stage: str, cfg: ExperimentConfig, codecs: dict[str, Codec], prior: BlockCausalDiT | None,
-                 layout: SequenceLayout | None, role: str | None) -> None:
+                 layout: SequenceLayout | None, role: str | None, tasks: list) -> None:
         super().__init__()
         self.stage, self.cfg, self.role, self.layout = stage, cfg, role, layout
         self.trainable = nn.ModuleDict()
@@ -104,7 +88,9 @@ class StageLoss(nn.Module):
             for r, s in cfg.codecs.items()
         }
         self.codecs = codecs
-        self.tasks = tasks_of(cfg) if stage != "codec" else []
+        self.tasks = list(tasks) if stage != "codec" else []
+        if stage != "codec" and not self.tasks:
+            raise ConfigError("the prior and joint stages need the experiment's tasks (latentbridge.tasks.tasks_of).")
         if stage == "joint" and len(self.tasks) > 1:
             raise ConfigError("train.stage=joint trains one codec with the prior on one task; a task mixture trains with "
                               "train.stage=prior (frozen codecs). Use stage prior, or one `task`.")
@@ -158,7 +144,7 @@ class Trainer:
                  role: str | None = None, steps: int | None = None, lr: float | None = None, batch_size: int | None = None,
                  resume: bool = False,
                  init_from: str | Path | None = None,
-                 progress: bool = True, checkpoints: bool = True) -> None:
+                 progress: bool = True, checkpoints: bool = True, tasks: list | None = None) -> None:
         t = cfg.train
         self.cfg, self.run_dir, self.codecs, self.batches = cfg, Path(run_dir), codecs, batches
         self.stage = stage or t.stage
@@ -186,7 +172,7 @@ class Trainer:
             self.prior_config = experiment_prior_config(cfg, self.layout)
             torch.manual_seed(cfg.seed)
             prior = BlockCausalDiT(self.prior_config)
-        self.module = StageLoss(self.stage, cfg, codecs, prior, self.layout, self.role)
+        self.module = StageLoss(self.stage, cfg, codecs, prior, self.layout, self.role, tasks or [])
         self.ema = AveragedModel(self.module.trainable, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True) if t.ema_decay > 0 else None
         opt = torch.optim.AdamW(self.module.trainable.parameters(), lr=self.lr, betas=t.betas, weight_decay=t.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_schedule(s, t.warmup_steps, self.steps))

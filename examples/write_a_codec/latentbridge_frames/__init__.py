@@ -1,8 +1,9 @@
-"""An example latentbridge codec plugin: 1-D signals, one latent token per frame of samples.
+"""An example latentbridge plugin: a new modality (`signal`), its codec, a data set and an evaluator.
 
-A signal of L = k * frame samples becomes k latent tokens of `latent_dim` channels, so the number of
-tokens depends on the item (a variable-length codec). Encoder and decoder are linear maps per frame;
-the posterior is Gaussian with a learned log-variance.
+The codec `frames`: a signal of L = k * frame samples becomes k latent tokens of `latent_dim` channels
+(variable-length, or a fixed k with `tokens_per_item`). Encoder and decoder are linear maps per frame;
+the posterior is Gaussian with a learned log-variance. The data set `tones` and the evaluator `pitch`
+are in latentbridge_frames.tones; all three register below through latentbridge's public hooks.
 
 Dimensions: B signals, N frames (padded), F samples per frame, D latent channels.
 """
@@ -11,7 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -30,6 +33,9 @@ class FramesConfig:
     """Latent channels per frame (D)."""
     block_size: int = 4
     """Frames per prior block."""
+    tokens_per_item: int | None = None
+    """Frames of every signal when they all have the same length (generation then makes exactly that many); null:
+    variable."""
     beta: float = 1e-3
     """Weight of the KL term in the loss."""
 
@@ -49,7 +55,9 @@ class FramesCodec(Codec):
 
     @property
     def latent_spec(self) -> LatentSpec:
-        return LatentSpec(dim=self.config.latent_dim, block_size=self.config.block_size)
+        c = self.config
+        return LatentSpec(dim=c.latent_dim, block_size=c.block_size, tokens_per_item=c.tokens_per_item,
+                          max_tokens=None if c.tokens_per_item else 4 * c.block_size)
 
     def num_tokens(self, signal: Tensor) -> int:
         return signal.shape[0] // self.config.frame
@@ -86,16 +94,46 @@ class FramesCodec(Codec):
         f = self.config.frame
         signals = []
         for _ in range(n):
-            k = int(torch.randint(1, 3 * self.config.block_size, (1,), generator=generator))
+            k = self.config.tokens_per_item or int(torch.randint(1, 3 * self.config.block_size, (1,), generator=generator))
             freq = float(torch.rand(1, generator=generator)) * 0.3
             t = torch.arange(k * f, dtype=torch.float32)
             signals.append(torch.sin(2 * math.pi * freq * t))
         return signals
 
 
+    def write_items(self, items: list[Tensor], directory, names=None) -> list[Path]:
+        """Each signal as NN_name.npy (what `latentbridge sample` and `eval` write for this modality)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for i, s in enumerate(items):
+            slug = "".join(ch if ch.isalnum() else "_" for ch in str(names[i]))[:30] if names else ""
+            paths.append(directory / f"{i:02d}_{slug}.npy")
+            np.save(paths[-1], torch.as_tensor(s).float().numpy())
+        return paths
+
+    def read_items(self, paths) -> list[Tensor]:
+        """Signals saved as .npy files (`latentbridge reconstruct --files`)."""
+        return [torch.from_numpy(np.load(p)).float() for p in paths]
+
+
 @hookimpl
 def latentbridge_register_codecs(register):
     register(FramesCodec)
+
+
+@hookimpl
+def latentbridge_register_datasets(register):
+    from latentbridge_frames.tones import ToneData
+
+    register(ToneData)
+
+
+@hookimpl
+def latentbridge_register_evaluators(register):
+    from latentbridge_frames.tones import PitchEvaluator
+
+    register(PitchEvaluator)
 
 
 __all__ = ["FramesCodec", "FramesConfig"]

@@ -8,7 +8,7 @@
 
 At the defaults (16 kHz, hop 256, downsample 4) a latent covers 64 ms: 15.6 latents a second, and a
 prior block of 8 latents spans 0.512 s. Items are mono float32 waves at `sample_rate` (numpy arrays or
-tensors; resample first with latentbridge.data.speech.resample / read_audio); decode returns mono
+tensors; resample first, e.g. with AudioVAE.read_items); decode returns mono
 float32 numpy waves. Clips are cut to `max_seconds`, or padded/cut to `fixed_seconds` when set (every
 item then has the same number of latents, which a prior can generate without knowing a length).
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentbridge.codecs import Codec, LatentSpec, Posterior
-from latentbridge.errors import CodecOutputError
+from latentbridge.errors import CodecOutputError, ConfigError
 
 LOG_FLOOR = 1e-5  # mel magnitudes below this are silence
 LOG_SHIFT, LOG_SCALE = -4.0, 4.0  # ln-mel -> roughly unit range for the network: (ln mel - shift) / scale
@@ -237,7 +238,7 @@ class AudioVAE(Codec):
         if x.ndim != 1 or not x.is_floating_point() or x.numel() == 0:
             raise CodecOutputError(f"codec 'audio-vae': item {i} is {type(item).__name__} of shape {tuple(x.shape)} and dtype {x.dtype}; "
                                    f"expected a non-empty mono float wave [L] at {self.sample_rate} Hz (resample and mix down first: "
-                                   "latentbridge.data.speech.read_audio)")
+                                   "AudioVAE.read_items)")
         x = x.detach().float().cpu()
         if not bool(torch.isfinite(x).all()):
             raise CodecOutputError(f"codec 'audio-vae': item {i} holds NaN or inf samples")
@@ -337,6 +338,36 @@ class AudioVAE(Codec):
             stft.append(mr_stft_distance(self.vocode(recon[i, :, :frames], samples), original))
             vocoder.append(mr_stft_distance(self.vocode(target[i, :, :frames], samples), original))
         out.update(log_mel_l1=float(np.mean(l1)), mr_stft=float(np.mean(stft)), mr_stft_vocoder_only=float(np.mean(vocoder)))
+        return out
+
+    def write_items(self, items: Sequence[Any], directory, names: Sequence[str] | None = None) -> list[Path]:
+        """Each clip as NN_name.wav (16-bit PCM at sample_rate, through soundfile)."""
+        import soundfile as sf
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        names = list(names) if names is not None else [""] * len(items)
+        written = []
+        for i, (wave, name) in enumerate(zip(items, names)):
+            slug = "".join(ch if ch.isalnum() else "_" for ch in str(name))[:40]
+            path = directory / (f"{i:02d}_{slug}.wav" if slug else f"{i:02d}.wav")
+            sf.write(str(path), np.clip(np.asarray(wave, dtype=np.float32), -1, 1), self.sample_rate, subtype="PCM_16")
+            written.append(path)
+        return written
+
+    def read_items(self, paths: Sequence[Any]) -> list[np.ndarray]:
+        """Any file soundfile reads (WAV, FLAC, OGG), mixed down to mono and resampled to sample_rate (torchaudio)."""
+        import soundfile as sf
+        import torchaudio.functional as AF
+
+        out = []
+        for path in paths:
+            try:
+                wave, sr = sf.read(str(path), dtype="float32", always_2d=True)
+            except (sf.LibsndfileError, RuntimeError) as err:
+                raise ConfigError(f"{path}: cannot read audio ({err}); pass a WAV, FLAC or OGG file.") from None
+            mono = torch.from_numpy(np.ascontiguousarray(wave.mean(1)))
+            out.append((AF.resample(mono, sr, self.sample_rate) if sr != self.sample_rate else mono).numpy())
         return out
 
     def example_items(self, n: int, generator: torch.Generator) -> list[np.ndarray]:

@@ -175,6 +175,45 @@ class ImageVAE(Codec):
         out["ssim"] = float(ssim(recon, x).mean())
         return out
 
+    def write_items(self, items: Sequence[Any], directory, names: Sequence[str] | None = None) -> list[Path]:
+        """Each image as NN_name.png, and all of them in grid.png (torchvision's make_grid, 4x nearest upscale)."""
+        from PIL import Image
+        from torchvision.utils import make_grid
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        names = list(names) if names is not None else [""] * len(items)
+        written = []
+        for i, (img, name) in enumerate(zip(items, names)):
+            slug = "".join(ch if ch.isalnum() else "_" for ch in str(name))[:40]
+            path = directory / (f"{i:02d}_{slug}.png" if slug else f"{i:02d}.png")
+            Image.fromarray(np.asarray(img, dtype=np.uint8)).save(path)
+            written.append(path)
+        if items:
+            batch = torch.as_tensor(np.stack([np.asarray(x, dtype=np.uint8) for x in items])).permute(0, 3, 1, 2)  # [B, 3, S, S]
+            big = F.interpolate(batch.float(), scale_factor=4, mode="nearest")
+            grid = make_grid(big, nrow=8, padding=4, pad_value=200).round().clamp(0, 255).byte()  # [3, H, W]
+            Image.fromarray(grid.permute(1, 2, 0).numpy()).save(directory / "grid.png")
+            written.append(directory / "grid.png")
+        return written
+
+    def read_items(self, paths: Sequence[Any]) -> list[np.ndarray]:
+        """Any image PIL reads: RGB, centre-cropped to a square, resized (Lanczos) to image_size."""
+        from PIL import Image, UnidentifiedImageError
+
+        out = []
+        for path in paths:
+            try:
+                img = np.asarray(Image.open(path).convert("RGB"))
+            except UnidentifiedImageError:
+                raise ConfigError(f"{path} is not an image PIL can read") from None
+            h, w = img.shape[:2]
+            s = min(h, w)
+            square = img[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]
+            size = self.config.image_size
+            out.append(np.asarray(Image.fromarray(square).resize((size, size), Image.LANCZOS), dtype=np.uint8))
+        return out
+
     def example_items(self, n: int, generator: torch.Generator) -> list[np.ndarray]:
         s = self.config.image_size
         return list(torch.randint(0, 256, (n, s, s, 3), generator=generator, dtype=torch.uint8).numpy())

@@ -61,12 +61,16 @@ def load_tokenizer(directory: str | None = None):
 
 
 def main(argv=None) -> int:
-    from latentbridge.data.text import corpus_for_tokenizer
+    try:
+        from latentbridge_demo.data.text import corpus_for_tokenizer
+    except ImportError:
+        raise SystemExit("latentbridge-tokenizer trains on the demo world's English text: pip install latentbridge-demo "
+                         "(plugins/latentbridge-demo) first.") from None
 
     p = argparse.ArgumentParser(prog="latentbridge-tokenizer", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="directory to write the tokenizer to")
     p.add_argument("--vocab-size", type=int, default=4096)
-    p.add_argument("--sources", nargs="+", default=["wordnet", "fortunes"], help="text sources (latentbridge.data.text)")
+    p.add_argument("--sources", nargs="+", default=["wordnet", "fortunes"], help="text sources (latentbridge_demo.data.text)")
     args = p.parse_args(argv)
     start = time.perf_counter()
     texts = corpus_for_tokenizer(args.sources)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from latentbridge.errors import CodecOutputError
-from latentbridge.testing import CodecConformance
-from latentbridge_toy import LabelCodec, VectorCodec
+from latentbridge.testing import CodecConformance, DatasetConformance
+from latentbridge_toy import LabelCodec, RingData, VectorCodec
 
 
 class TestVectorCodec(CodecConformance):
@@ -67,3 +67,22 @@ def test_bad_items_are_named():
         LabelCodec().collate([3, 10])
     with pytest.raises(CodecOutputError, match="points must be vectors of length 2"):
         VectorCodec().collate([torch.zeros(3)])
+
+
+class TestRingData(DatasetConformance):
+    dataset_class = RingData
+
+
+class TestFixedRingData(DatasetConformance):
+    """The ring from a fixed set of points (data.config.path): finite, walked in per-epoch permutations."""
+
+    dataset_class = RingData
+
+    @pytest.fixture(autouse=True)
+    def _points(self, tmp_path):
+        from safetensors.torch import save_file
+
+        save_file({"points": torch.randn(20, 2), "labels": torch.arange(20) % 8}, str(tmp_path / "ring.safetensors"))
+        type(self).dataset_config = {"path": str(tmp_path / "ring.safetensors")}
+        yield
+        type(self).dataset_config = None

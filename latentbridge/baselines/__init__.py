@@ -1,1 +1,0 @@
-"""Baselines the latent models are measured against."""

@@ -1,0 +1,182 @@
+"""The evaluator protocol: what an evaluator plugin provides, and the guidance sweep with its control.
+
+(The protocol sits apart from latentbridge.evaluate, which runs evaluations and so depends on the whole
+library, so that the plugin registries can check evaluator classes without depending on it. Plugin
+authors import it as `from latentbridge.evaluate import Evaluator, EvalSet`.)
+
+An evaluator scores one task of a trained run. It says which tasks it can score (`cond` and `target`
+modalities, or `datasets` by registered name) and, for a task, builds evaluation sets: conditions (or
+prompts) to generate from and the references to score against. The base class runs the rest, the same
+way for every evaluator:
+
+    for each guidance scale of eval.guidance_scales (only 1 for a task without conditions):
+        for each set: generate, score(set, generated, references), write_samples(...)
+                      and the control: generate again from the conditions shuffled over the examples (no
+                      example keeps its own) and score against the *original* references, as "shuffled <score>";
+                      a task without conditions keeps its generations and shuffles the references instead.
+
+So every score comes with its guidance sweep and its shuffled-condition control. An evaluator that does
+not score generated items (the prior's held-out fit, codec reconstruction) overrides `evaluate`.
+
+    class DigitsEvaluator(Evaluator):
+        name, cond, target = "digits", ("text",), "image"
+        def sets(self):
+            return [EvalSet("digits", {self.ctx.task.cond[0]: captions}, labels)]
+        def score(self, eval_set, generated, references):
+            return {"accuracy": float((classify(generated) == tensor(references)).float().mean())}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
+
+import torch
+
+from latentbridge.data.base import NoOptions
+
+if TYPE_CHECKING:
+    from latentbridge.data.base import Dataset
+    from latentbridge.tasks import Task
+
+
+def derangement(n: int, seed: int) -> list[int]:
+    """A seeded permutation without fixed points: example i takes the condition of example order[i] != i."""
+    if n < 2:
+        return list(range(n))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    successor = torch.roll(perm, -1)  # one cycle through all examples in a random order
+    return successor[torch.argsort(perm)].tolist()  # example i gets the condition of the one after it in the cycle
+
+
+@dataclasses.dataclass
+class EvalSet:
+    """Examples to generate and score: conditions by role (or prompts to continue) and one reference each."""
+
+    label: str
+    conditions: dict[str, list] | None
+    references: list
+    prompts: list | None = None
+    control: bool = True
+    """Also score the shuffled-condition control (false: a diagnostic of fit that needs none)."""
+    control_seed: int | None = None
+    """Seed of the shuffle (null: the run's seed plus a hash of the label)."""
+
+    def __len__(self) -> int:
+        return len(self.references)
+
+
+@dataclasses.dataclass
+class EvalContext:
+    """What an evaluator sees of the run: its generation path, the task, the task's data set, where to write."""
+
+    pipeline: Any
+    """latentbridge.pipeline.Pipeline of the run (cfg, codecs, prior, generate)."""
+    task: Task
+    dataset: Dataset
+    """The task's data set, built as in training."""
+    run_dir: Path
+    samples: int
+    """Examples per evaluated set (eval.samples or --samples)."""
+    guidance_scales: list[float]
+    seed: int
+    options: Any = None
+    """The evaluator's own config dataclass (eval.options.<name>)."""
+    progress: bool = False
+
+    @property
+    def cfg(self) -> Any:
+        return self.pipeline.cfg
+
+    @property
+    def codecs(self) -> dict[str, Any]:
+        return self.pipeline.codecs
+
+    def generate(self, conditions: Mapping[str, Sequence] | None, prompts: Sequence | None = None, guidance: float = 1.0) -> list:
+        """Items of the task's target from these conditions (or prompts), deterministic under the run's seed."""
+        return self.pipeline.generate(dict(conditions) if conditions else None, prompts=prompts, target=self.task.target,
+                                      guidance=guidance, seed=self.seed, progress=self.progress)
+
+    def held_out(self, n: int | None = None, split: str = "test") -> dict[str, list]:
+        """The task's held-out items by role (each role's codec modality picks its field)."""
+        raw = self.dataset.split(split, n)
+        return {r: raw[self.dataset.field(self.codecs[r].modality, r)] for r in self.task.roles}
+
+    def samples_dir(self) -> Path:
+        path = self.run_dir / "samples"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+class Evaluator:
+    """Base class of evaluator plugins (see the module docstring)."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type] = NoOptions
+    """Options, under eval.options.<name> in an experiment."""
+    cond: ClassVar[tuple[str, ...] | None] = None
+    """Modalities of the task's conditions, in order (() for none; None: any)."""
+    target: ClassVar[str | None] = None
+    """Modality of the task's target (None: any)."""
+    datasets: ClassVar[tuple[str, ...] | None] = None
+    """Registered data-set names whose tasks it scores (None: any)."""
+    description: ClassVar[str] = ""
+
+    def __init__(self, ctx: EvalContext) -> None:
+        self.ctx = ctx
+        self.options = ctx.options if ctx.options is not None else self.config_class()
+
+    @classmethod
+    def applies(cls, cond: Sequence[str], target: str, dataset: str) -> bool:
+        """Whether it scores a task whose conditions have modalities `cond`, whose target is `target`, on `dataset`."""
+        return ((cls.cond is None or tuple(cls.cond) == tuple(cond)) and (cls.target is None or cls.target == target)
+                and (cls.datasets is None or dataset in cls.datasets))
+
+    # -- what a scoring evaluator writes -----------------------------------------------------------
+
+    def prepare(self) -> dict[str, Any]:
+        """Load what scoring needs (classifiers, recognizers); return reference figures (ceilings) for the report."""
+        return {}
+
+    def sets(self) -> list[EvalSet]:
+        raise NotImplementedError(f"evaluator '{self.name}' defines neither sets() nor evaluate()")
+
+    def score(self, eval_set: EvalSet, generated: list, references: list) -> dict[str, float]:
+        raise NotImplementedError(f"evaluator '{self.name}' defines sets() but not score()")
+
+    def write_samples(self, eval_set: EvalSet, generated: list, guidance: float) -> None:
+        """Write what a researcher looks at (grids, transcripts) for the unshuffled generations; optional."""
+
+    # -- the sweep ------------------------------------------------------------------------------------
+
+    def evaluate(self) -> dict[str, Any]:
+        """Reference figures, then per guidance scale every set's scores with their shuffled-condition control."""
+        ctx = self.ctx
+        rows: dict[str, Any] = dict(self.prepare() or {})
+        sets = [s for s in self.sets() if len(s)]
+        rows["items"] = {s.label: len(s) for s in sets}
+        has_cond = bool(ctx.task.cond)
+        for g in ctx.guidance_scales if has_cond else [1.0]:
+            row: dict[str, float] = {}
+            for s in sets:
+                generated = ctx.generate(s.conditions, s.prompts, g)
+                row.update(self.score(s, generated, s.references))
+                self.write_samples(s, generated, g)
+                if not s.control or len(s) < 2:
+                    continue
+                seed = s.control_seed if s.control_seed is not None else ctx.seed + zlib.crc32(s.label.encode()) % 10_000
+                order = derangement(len(s), seed)
+                if has_cond:
+                    shuffled = {r: [v[i] for i in order] for r, v in (s.conditions or {}).items()}
+                    prompts = [s.prompts[i] for i in order] if s.prompts is not None else None
+                    control = self.score(s, ctx.generate(shuffled, prompts, g), s.references)
+                else:
+                    control = self.score(s, generated, [s.references[i] for i in order])
+                row.update({f"shuffled {k}": v for k, v in control.items()})
+            rows[f"guidance {g:g}"] = row
+        return rows
+
+
+EvaluatorFactory = Callable[[EvalContext], Evaluator]

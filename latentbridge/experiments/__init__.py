@@ -1,1 +1,0 @@
-"""Runnable experiments that wire codecs, prior, training and evaluation together."""

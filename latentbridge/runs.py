@@ -1,0 +1,70 @@
+"""Loading a trained run directory: its config, its codecs and the EMA prior of its latest checkpoint.
+
+This is the one way a run is read back (generation, evaluation, `latentbridge sample/eval/reconstruct`);
+it builds through latentbridge.build exactly as training did, and never imports the trainer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from latentbridge.build import experiment_prior_config, layout_of
+from latentbridge.codecs import Codec
+from latentbridge.config import ExperimentConfig, load_config
+from latentbridge.errors import CheckpointError, ConfigError
+from latentbridge.plugins import Registries, registries
+from latentbridge.prior import BlockCausalDiT
+from latentbridge.sequence import SequenceLayout
+from latentbridge.train.checkpoint import latest_checkpoint, load_checkpoint
+
+
+@dataclasses.dataclass
+class Run:
+    """A trained run as loaded: prior and layout are None for a codec-stage run."""
+
+    directory: Path
+    cfg: ExperimentConfig
+    codecs: dict[str, Codec]
+    prior: BlockCausalDiT | None
+    layout: SequenceLayout | None
+    registries: Registries
+
+
+def read_config(run_dir: str | Path) -> ExperimentConfig:
+    """The resolved config a run directory was trained with."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{run_dir} is not a run directory (no config.yaml). Pass a directory written by `latentbridge train`.")
+    return load_config(run_dir / "config.yaml")
+
+
+def load_run(run_dir: str | Path, reg: Registries | None = None, *, need_prior: bool = True) -> Run:
+    """Config, frozen codecs and EMA prior of a trained run directory (its latest checkpoint)."""
+    run_dir = Path(run_dir)
+    cfg = read_config(run_dir)
+    reg = reg or registries()
+    missing = [role for role in cfg.codecs if not (run_dir / "codecs" / role / "codec.json").is_file()]
+    if missing:
+        raise ConfigError(f"{run_dir} has no trained codec for role(s) {', '.join(missing)} (codecs/<role>/ is missing); "
+                          "finish its training first (latentbridge train ... --resume).")
+    codecs = {role: reg.codecs.load(run_dir / "codecs" / role).freeze() for role in cfg.codecs}
+    if cfg.train.stage == "codec":
+        if need_prior:
+            raise ConfigError(f"{run_dir} is a codec-stage run: it has no prior to sample from. Train a prior on its codec "
+                              f"(codecs.<role>.pretrained: {run_dir}/codecs/<role>) and sample that run.")
+        return Run(run_dir, cfg, codecs, None, None, reg)
+    path = latest_checkpoint(run_dir / "checkpoints")
+    if path is None:
+        raise ConfigError(f"{run_dir} has no checkpoint to sample from; train it first (latentbridge train).")
+    ckpt = load_checkpoint(path)
+    weights: dict[str, Any] = ckpt["ema"] or ckpt["model"]
+    weights = {k.removeprefix("module."): v for k, v in weights.items() if k != "n_averaged"}
+    layout = layout_of(cfg, codecs)
+    prior = BlockCausalDiT(experiment_prior_config(cfg, layout))
+    try:
+        prior.load_state_dict({k.removeprefix("prior."): v for k, v in weights.items() if k.startswith("prior.")}, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: prior weights do not fit the run's config ({' '.join(str(err).split())[:300]}).") from None
+    return Run(run_dir, cfg, codecs, prior.eval(), layout, reg)

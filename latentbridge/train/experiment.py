@@ -1,0 +1,155 @@
+"""Training an experiment end to end: `latentbridge train FILE`.
+
+    train(cfg, run_dir)   the codec pre-stage for trainable codecs without weights (each on its own loss, stats
+                          fitted, saved under codecs/<role>/), then the configured stage through the Trainer
+
+Data comes from the registered data sets the tasks name (latentbridge.tasks); each role's codec takes the
+field of its modality, passed through the codec's `augment` for training. One `task` reads its data set in
+per-epoch permutations; a `tasks` mixture draws each batch from its tasks' data sets by weight.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from latentbridge.build import build_codecs
+from latentbridge.codecs import Codec
+from latentbridge.config import ExperimentConfig
+from latentbridge.data.base import Dataset
+from latentbridge.errors import ConfigError
+from latentbridge.plugins import Registries, registries
+from latentbridge.prior import BlockCausalDiT
+from latentbridge.tasks import TaskBatch, TaskMixture, tasks_of
+from latentbridge.train.latent_cache import LatentCache
+from latentbridge.train.trainer import Trainer
+
+
+def role_items(codecs: dict[str, Codec], raw: dict[str, list], source: Dataset, gen: torch.Generator | None = None) -> dict[str, Any]:
+    """Raw items by field -> each role's collated batch (augmented for training when `gen` is given)."""
+    out = {}
+    for role, codec in codecs.items():
+        items = raw[source.field(codec.modality, role)]
+        out[role] = codec.collate(codec.augment(items, gen) if gen is not None else items)
+    return out
+
+
+def gather_role(parts: list, mix: TaskMixture, role: str, codec: Codec) -> list:
+    """The items of `role` gathered over a mixture's parts [(task, raw by field)]."""
+    out: list = []
+    for task, raw in parts:
+        out += raw[mix.source(task).field(codec.modality, role)]
+    return out
+
+
+def train(cfg: ExperimentConfig, run_dir: str | Path, *, reg: Registries | None = None, resume: bool = False,
+          init_from: str | Path | None = None, progress: bool = True):
+    """Codec pre-stage for trainable codecs without weights, then the configured stage, through the Trainer.
+
+    One `task` reads `data`; a `tasks` mixture draws each batch from its tasks' data sets by weight
+    (latentbridge.tasks). Returns (codecs, prior with EMA weights or None, layout or None).
+    """
+    run_dir = Path(run_dir)
+    reg = reg or registries()
+    tasks = tasks_of(cfg, reg)
+    torch.manual_seed(cfg.seed)
+    mixture = bool(cfg.tasks)
+    if mixture:
+        mix = TaskMixture(tasks, cfg.seed, reg)
+        codecs = build_codecs(cfg, reg)
+        mix.check_fields({r: c.modality for r, c in codecs.items()})
+        unused = [r for r in codecs if not any(r in t.roles for t in tasks)]
+        if unused:
+            raise ConfigError(f"codecs {', '.join(unused)} are in no task of the mixture; use them in a task or remove them.")
+        source = None
+    else:
+        source = reg.datasets.create(tasks[0].data.name, tasks[0].data.config, cfg.seed)
+        for role, slot in cfg.codecs.items():  # every role has something to encode in this data
+            source.field(reg.codecs.get(slot.codec).modality, role)
+        codecs = build_codecs(cfg, reg)
+
+    def batches(step: int, size: int, gen: torch.Generator) -> dict[str, Any] | TaskBatch:
+        if mixture:
+            return TaskBatch([(t, role_items({r: codecs[r] for r in t.roles}, raw, mix.source(t), gen))
+                              for t, raw in mix.batch(step, size, gen)])
+        return role_items(codecs, source.batch(step, size, gen), source, gen)
+
+    def codec_batches(role: str):
+        if not mixture:
+            return batches
+        codec = codecs[role]
+
+        def fn(step: int, size: int, gen: torch.Generator) -> dict[str, Any]:
+            items = gather_role(mix.role_batch(role, step, size, gen), mix, role, codec)
+            return {role: codec.collate(codec.augment(items, gen))}
+        return fn
+
+    stage = cfg.train.stage
+    own = (cfg.train.codec_role or cfg.task.target) if stage in ("codec", "joint") else None
+    if stage in ("codec", "joint") and not own:
+        raise ConfigError(f"train.stage={stage} trains one codec: set train.codec_role to its role.")
+
+    def finish_codec(role: str) -> None:  # fit the stats of a codec trained here, keep it in the run directory
+        codec = codecs[role]
+        if not cfg.codecs[role].pretrained:
+            if mixture:
+                items = gather_role(mix.stats_sample(role, 4096), mix, role, codec)
+            else:
+                items = source.stats_sample(4096)[source.field(codec.modality, role)]
+            codec.fit_stats([codec.collate(items[i : i + 256]) for i in range(0, len(items), 256)])
+        codec.save_pretrained(run_dir / "codecs" / role)
+
+    for role, codec in codecs.items():  # codec pre-stage: trainable codecs without weights, except the stage's own
+        saved = run_dir / "codecs" / role
+        if resume and (saved / "codec.json").exists() and role != own:
+            codecs[role] = reg.codecs.load(saved).freeze()
+            continue
+        if role == own and stage == "codec":
+            continue
+        slot = cfg.codecs[role]
+        steps = cfg.train.codec_steps if slot.steps is None else slot.steps
+        if codec.trainable and not slot.pretrained and steps:
+            Trainer(cfg, run_dir, codecs, codec_batches(role), stage="codec", role=role, steps=steps, tasks=tasks,
+                    lr=slot.lr or cfg.train.codec_lr, batch_size=slot.batch_size, progress=progress and mixture,
+                    checkpoints=False).fit()
+        codec.freeze()
+        finish_codec(role)
+    caches = {}
+    if cfg.train.cache_latents and stage != "codec":
+        if mixture:
+            raise ConfigError("train.cache_latents works for one `task`; a task mixture encodes its items each step. "
+                              "Set train.cache_latents=false.")
+        if not source.finite:
+            raise ConfigError(f"train.cache_latents needs a finite data set; '{tasks[0].data.name}' draws fresh items each step "
+                              "(for the toy ring: set data.config.path). Set train.cache_latents=false.")
+        if any(type(c).augment is not Codec.augment for r, c in codecs.items() if r != own):
+            raise ConfigError("train.cache_latents: a codec draws a training view of each item (augment), so its latents change "
+                              "from step to step and cannot be cached. Set train.cache_latents=false.")
+        root = Path(cfg.train.latent_cache_dir or run_dir / "latent_cache")
+        for role, codec in codecs.items():
+            if role != own:
+                caches[role] = LatentCache.build_or_load(root, role, codec, source.key(), len(source),
+                                                         lambda idx, r=role: role_items({r: codecs[r]}, source.items_at(idx), source)[r])
+
+    def cached_batches(step: int, size: int, gen: torch.Generator) -> dict[str, Any] | TaskBatch:
+        items = batches(step, size, gen)
+        if caches:
+            idx = source.indices(step, size)
+            items.update({role: cache.posterior(idx) for role, cache in caches.items()})
+        return items
+
+    main_batches = codec_batches(own) if stage == "codec" else cached_batches
+    trainer = Trainer(cfg, run_dir, codecs, main_batches, resume=resume, init_from=init_from, progress=progress, tasks=tasks)
+    trainer.fit()
+    weights = trainer.ema_weights()
+    if own is not None:
+        codecs[own].load_state_dict({k.removeprefix("codec."): v for k, v in weights.items() if k.startswith("codec.")}, strict=True)
+        codecs[own].freeze()
+        finish_codec(own) if stage == "codec" else codecs[own].save_pretrained(run_dir / "codecs" / own)
+    if stage == "codec":
+        return codecs, None, None
+    prior = BlockCausalDiT(trainer.prior_config)
+    prior.load_state_dict({k.removeprefix("prior."): v for k, v in weights.items() if k.startswith("prior.")}, strict=True)
+    return codecs, prior.eval(), trainer.layout

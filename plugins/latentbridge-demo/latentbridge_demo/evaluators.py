@@ -1,0 +1,244 @@
+"""The demo world's evaluators, registered through `latentbridge_register_evaluators` like any plugin's.
+
+    caption-to-image    text -> image on `images`: emoji retrieval top-1/5 (seen and held-out names), digit
+                        accuracy, scene arrangement on held-out combinations (and, without control, seen ones)
+    image-to-caption    image -> text on `images`: exact-name accuracy and MiniLM similarity to the true caption
+    text-to-speech      text -> audio on `speech`: word error rate of pocketsphinx (closed vocabulary) on the speech
+    speech-to-text      audio -> text on `speech`: word accuracy and word error rate of the transcripts
+    text-continuation   (nothing) -> text on any data set: MiniLM similarity of continued held-out prompts to their rest
+
+latentbridge runs each across the guidance scales and with the shuffled-condition control
+(latentbridge.evaluator); the reference figures (the evaluators' own ceilings) come from `prepare`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+import torch
+
+from latentbridge.evaluate import EvalSet, Evaluator
+
+
+def _norm(text: str) -> str:
+    return " ".join(re.findall(r"[a-z0-9']+", text.lower()))
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", text)
+
+
+class CaptionToImage(Evaluator):
+    name = "caption-to-image"
+    cond, target, datasets = ("text",), "image", ("images",)
+    description = "emoji retrieval, digit accuracy, scene arrangement of generated images"
+
+    def prepare(self) -> dict[str, Any]:
+        from latentbridge_demo.data.emoji import load_emoji
+        from latentbridge_demo.data.images import DIGIT_NAMES, IMAGE_SOURCES
+        from latentbridge_demo.evaluate.images import DigitClassifier, EmojiRetrieval, SceneChecker, multi_object_scenes
+
+        ctx = self.ctx
+        task, opts, seed, n = ctx.task, ctx.task.data.config, ctx.seed, ctx.samples
+        self.caption_role, image_role = task.cond[0], task.target
+        size = int(getattr(ctx.codecs[image_role].config, "image_size", 32))
+        trained_on = set(opts.sources or IMAGE_SOURCES)  # score the kinds of image the task learned
+        self.retrieval = EmojiRetrieval(size) if "emoji" in trained_on else None
+        self.classifier, classifier_acc = DigitClassifier.train_on_digits(size) if "digits" in trained_on else (None, float("nan"))
+        self.checker = SceneChecker(size, opts.scene_objects)
+        self.emoji: dict[str, list[str]] = {}
+        if "emoji" in trained_on:
+            _, seen = load_emoji(size, "train")
+            _, unseen = load_emoji(size, "test")
+            pick = torch.randperm(len(seen), generator=torch.Generator().manual_seed(seed))[:n].tolist()
+            self.emoji = {"emoji (seen names)": [seen[i] for i in pick], "emoji (held-out names)": unseen[: max(1, n // 4)]}
+        k = n // 4 if self.emoji else n // 2  # digit and scene captions: more when there are no emoji to score
+        self.digit_labels = [i % 10 for i in range(max(10, k))] if "digits" in trained_on else []
+        self.digit_captions = [f"a handwritten digit {DIGIT_NAMES[d]}" for d in self.digit_labels]
+        # held-out combinations of 2-3 emoji, and as a diagnostic (fit, not generalisation) combinations seen in training
+        vocabulary = opts.scene_objects
+        scenes = "scenes" in trained_on
+        real, self.scene_captions, self.scene_truth = multi_object_scenes(size, "test", max(8, k), vocabulary) if scenes else ([], [], [])
+        _, self.seen_captions, self.seen_truth = multi_object_scenes(size, "train", max(8, k), vocabulary) if scenes else ([], [], [])
+        _, real_ok = self.checker.check(real, self.scene_truth)
+        codec = ctx.codecs[image_role]
+        _, recon_ok = self.checker.check(codec.decode(codec.encode_items(real, sample=False)), self.scene_truth) if real else ([], [])
+        return {"digit_classifier_test_accuracy": classifier_acc,  # the evaluators' ceilings
+                "scene_checker_accuracy_on_real_scenes": float(np.mean(real_ok)) if real_ok else float("nan"),
+                "scene_checker_accuracy_on_codec_reconstructions": float(np.mean(recon_ok)) if recon_ok else float("nan"),
+                "held-out combinations": len({tuple(sorted(o.name for o in s.objects)) for s in self.scene_truth})}
+
+    def sets(self) -> list[EvalSet]:
+        role, seed = self.caption_role, self.ctx.seed
+        out = [EvalSet(label, {role: names}, names, control_seed=seed + 1) for label, names in self.emoji.items()]
+        out.append(EvalSet("digits", {role: self.digit_captions}, self.digit_labels, control_seed=seed + 2))
+        out.append(EvalSet("scenes (held-out combinations)", {role: self.scene_captions}, self.scene_truth, control_seed=seed + 3))
+        if self.scene_truth:  # no control: a diagnostic of fit
+            out.append(EvalSet("scenes (seen combinations)", {role: self.seen_captions}, self.seen_truth, control=False))
+        return out
+
+    def score(self, eval_set: EvalSet, generated: list, references: list) -> dict[str, float]:
+        from latentbridge_demo.evaluate.images import scene_scores
+
+        label = eval_set.label
+        if label.startswith("emoji"):
+            ranks = self.retrieval.ranks(generated, references)
+            return {f"{label} top1": float((ranks < 1).float().mean()), f"{label} top5": float((ranks < 5).float().mean())}
+        if label == "digits":
+            return {"digit accuracy": float((self.classifier.predict(generated) == torch.tensor(references)).float().mean())}
+        scores = scene_scores(self.checker, generated, references)
+        if label == "scenes (seen combinations)":
+            return {f"{k} (seen combinations)": v for k, v in scores.items() if k in ("scene arrangement", "scene objects placed")}
+        return scores
+
+    def write_samples(self, eval_set: EvalSet, generated: list, guidance: float) -> None:
+        from latentbridge_demo.evaluate.images import caption_grid
+
+        captions = eval_set.conditions[self.caption_role]
+        folder, task = self.ctx.samples_dir(), self.ctx.task.name
+        if eval_set.label == "emoji (seen names)":
+            caption_grid(generated[:32], captions[:32], folder / f"{task}_emoji_g{guidance:g}.png")
+        elif eval_set.label == "digits":
+            caption_grid(generated[:20], captions[:20], folder / f"{task}_digits_g{guidance:g}.png", per_row=10)
+        elif eval_set.label == "scenes (held-out combinations)":
+            caption_grid(generated[:16], captions[:16], folder / f"{task}_scenes_g{guidance:g}.png")
+
+
+class ImageToCaption(Evaluator):
+    name = "image-to-caption"
+    cond, target, datasets = ("image",), "text", ("images",)
+    description = "exact-name accuracy and MiniLM similarity of generated captions"
+
+    def prepare(self) -> dict[str, Any]:
+        self.lines: dict[float, list[str]] = {}
+        return {}
+
+    def sets(self) -> list[EvalSet]:
+        from latentbridge_demo.data.emoji import load_emoji
+        from latentbridge_demo.data.images import IMAGE_SOURCES, load_images, load_scenes
+
+        ctx = self.ctx
+        task, opts, n, role = ctx.task, ctx.task.data.config, ctx.samples, ctx.task.cond[0]
+        size = int(getattr(ctx.codecs[role].config, "image_size", 32))
+        trained_on = set(opts.sources or IMAGE_SOURCES)  # score the kinds of image the task learned
+        found: dict[str, tuple[list, list[str]]] = {}
+        if "emoji" in trained_on:
+            images, names = load_emoji(size, "train")
+            pick = torch.randperm(len(names), generator=torch.Generator().manual_seed(ctx.seed))[:n].tolist()
+            held_images, held_names = load_emoji(size, "test")
+            found["emoji (seen)"] = ([images[i] for i in pick], [names[i] for i in pick])
+            found["emoji (held-out)"] = (list(held_images[: n // 4]), held_names[: n // 4])
+        if "digits" in trained_on:
+            digit_images, digit_captions = load_images(["digits"], "test", size)
+            found["digits (held-out images)"] = (list(digit_images[: n // 2]), digit_captions[: n // 2])
+        if "scenes" in trained_on:
+            scene_images, scene_captions, _ = load_scenes(size, "test", max(8, n // 2), vocabulary=opts.scene_objects)
+            found["scenes (held-out)"] = (list(scene_images[: n // 2]), scene_captions[: n // 2])
+        self.grid_set = next(iter(found), None)
+        return [EvalSet(label, {role: images}, truth, control_seed=ctx.seed + 5) for label, (images, truth) in found.items()]
+
+    def score(self, eval_set: EvalSet, generated: list, references: list) -> dict[str, float]:
+        from latentbridge_demo.evaluate.text import minilm_similarity
+
+        label = eval_set.label
+        return {f"{label} exact": float(np.mean([_norm(o) == _norm(t) for o, t in zip(generated, references)])),
+                f"{label} minilm": float(minilm_similarity(generated, references).mean())}
+
+    def write_samples(self, eval_set: EvalSet, generated: list, guidance: float) -> None:
+        from latentbridge_demo.evaluate.images import caption_grid
+
+        folder, task = self.ctx.samples_dir(), self.ctx.task.name
+        lines = self.lines.setdefault(guidance, [])
+        lines += [f"[{eval_set.label}] truth: {t!r} -> generated: {o!r}" for t, o in zip(eval_set.references[:16], generated[:16])]
+        (folder / f"{task}_g{guidance:g}.txt").write_text("\n".join(lines) + "\n")
+        if eval_set.label == self.grid_set:
+            images = eval_set.conditions[self.ctx.task.cond[0]]
+            caption_grid(images[:24], [f"→ {o}" for o in generated[:24]], folder / f"{task}_g{guidance:g}.png")
+
+
+class TextToSpeech(Evaluator):
+    name = "text-to-speech"
+    cond, target, datasets = ("text",), "audio", ("speech",)
+    description = "word error rate of pocketsphinx on generated speech"
+
+    def prepare(self) -> dict[str, Any]:
+        from latentbridge_demo.evaluate.speech import WordRecognizer, pronounceable, word_error_rate
+
+        ctx = self.ctx
+        held = ctx.dataset.split("test")
+        waves, texts = held[ctx.dataset.field("audio")], held[ctx.dataset.field("text")]
+        keep = [i for i, ok in enumerate(pronounceable(texts)) if ok][: ctx.samples]
+        self.waves, self.texts = [waves[i] for i in keep], [texts[i] for i in keep]
+        codec = ctx.codecs[ctx.task.target]
+        self.sample_rate = int(getattr(codec.config, "sample_rate", 16000))
+        self.asr = WordRecognizer(self.texts, self.sample_rate)
+        return {"recognizer_vocabulary": len(self.asr.vocabulary),
+                "real clips WER": word_error_rate(self.texts, self.asr.transcribe(self.waves)),
+                "codec reconstructions WER": word_error_rate(self.texts, self.asr.transcribe(
+                    codec.decode(codec.encode_items(self.waves, sample=False))))}
+
+    def sets(self) -> list[EvalSet]:
+        return [EvalSet("speech", {self.ctx.task.cond[0]: self.texts}, self.texts, control_seed=self.ctx.seed + 6)]
+
+    def score(self, eval_set: EvalSet, generated: list, references: list) -> dict[str, float]:
+        from latentbridge_demo.evaluate.speech import word_error_rate
+
+        self.heard = self.asr.transcribe(generated)
+        return {"WER": word_error_rate(references, self.heard)}
+
+    def write_samples(self, eval_set: EvalSet, generated: list, guidance: float) -> None:
+        from latentbridge_demo.evaluate.media import save_wav
+
+        folder = self.ctx.samples_dir() / f"{self.ctx.task.name}_g{guidance:g}"
+        for i in range(min(8, len(generated))):
+            save_wav(np.asarray(generated[i]), self.sample_rate, folder / f"{i:02d}_{_slug(eval_set.references[i])}.wav")
+        (folder / "transcripts.txt").write_text("".join(f"{t} -> heard: {h}\n" for t, h in zip(eval_set.references, self.heard)))
+
+
+class SpeechToText(Evaluator):
+    name = "speech-to-text"
+    cond, target, datasets = ("audio",), "text", ("speech",)
+    description = "word accuracy and word error rate of transcripts"
+
+    def sets(self) -> list[EvalSet]:
+        ctx = self.ctx
+        held = ctx.dataset.split("test", ctx.samples)
+        waves, texts = held[ctx.dataset.field("audio")], held[ctx.dataset.field("text")]
+        return [EvalSet("speech", {ctx.task.cond[0]: waves}, texts, control_seed=ctx.seed + 7)]
+
+    def score(self, eval_set: EvalSet, generated: list, references: list) -> dict[str, float]:
+        from latentbridge_demo.evaluate.speech import word_error_rate
+
+        return {"word accuracy": float(np.mean([_norm(o) == _norm(t) for o, t in zip(generated, references)])),
+                "WER": word_error_rate(references, generated)}
+
+    def write_samples(self, eval_set: EvalSet, generated: list, guidance: float) -> None:
+        path = self.ctx.samples_dir() / f"{self.ctx.task.name}_g{guidance:g}.txt"
+        path.write_text("".join(f"{t} -> {o}\n" for t, o in zip(eval_set.references, generated)))
+
+
+class TextContinuation(Evaluator):
+    name = "text-continuation"
+    cond, target = (), "text"
+    description = "MiniLM similarity of continued held-out prompts to their held-out rest"
+
+    def sets(self) -> list[EvalSet]:
+        from latentbridge_demo.evaluate.continuation import cut_prompts
+
+        ctx = self.ctx
+        texts = [t for t in ctx.held_out()[ctx.task.target] if len(t.split()) >= 4][: ctx.samples]
+        prompts, rests = cut_prompts(texts)
+        return [EvalSet("continuation", None, [p + " " + r for p, r in zip(prompts, rests)], prompts=prompts,
+                        control_seed=ctx.seed + 8)]
+
+    def score(self, eval_set: EvalSet, generated: list, references: list) -> dict[str, float]:
+        from latentbridge_demo.evaluate.text import minilm_similarity
+
+        whole = [p + o for p, o in zip(eval_set.prompts, generated)]  # continuations carry their own leading space
+        return {"minilm to own reference": float(minilm_similarity(whole, references).mean())}
+
+    def write_samples(self, eval_set: EvalSet, generated: list, guidance: float) -> None:
+        path = self.ctx.samples_dir() / f"{self.ctx.task.name}_continuations.txt"
+        path.write_text("".join(f"{p} >>> {o}\n" for p, o in zip(eval_set.prompts, generated)))

@@ -1,0 +1,19 @@
+"""Entry point of the demo world: its data sets and evaluators, through latentbridge's public hooks."""
+
+from latentbridge.hookspecs import hookimpl
+
+from latentbridge_demo.datasets import ImageData, SpeechData, TextData
+from latentbridge_demo.evaluators import CaptionToImage, ImageToCaption, SpeechToText, TextContinuation, TextToSpeech
+
+
+@hookimpl
+def latentbridge_register_datasets(register):
+    register(TextData)
+    register(ImageData)
+    register(SpeechData)
+
+
+@hookimpl
+def latentbridge_register_evaluators(register):
+    for evaluator in (CaptionToImage, ImageToCaption, TextToSpeech, SpeechToText, TextContinuation):
+        register(evaluator)
