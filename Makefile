@@ -39,6 +39,7 @@ $(STAMP): pyproject.toml constraints.txt $(PLUGINS)
 DEMO_RUN ?= runs/demo
 demo: setup
 	$(RUN) latentbridge codecs list
+	$(RUN) latentbridge datasets list
 	@resume=""; [ -e $(DEMO_RUN)/checkpoints/latest ] && resume=--resume; \
 	start=$$(date +%s); \
 	$(RUN) latentbridge train configs/demo.yaml --run-dir $(DEMO_RUN) $$resume && \

@@ -30,10 +30,15 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import torch  # noqa: E402
 
 from latentbridge_demo.baselines.autoregressive import ARConfig, ARModel, encode_texts, load_ar, train_ar  # noqa: E402
-from latentbridge.data.sources import make_source  # noqa: E402
+from latentbridge.pipeline import Pipeline  # noqa: E402
+from latentbridge.tasks import TaskMixture  # noqa: E402
+from latentbridge_demo.evaluate.continuation import cut_prompts  # noqa: E402
 from latentbridge_demo.evaluate.text import minilm_similarity, repetition_rate  # noqa: E402
-from latentbridge.experiments.common import load_run  # noqa: E402
-from latentbridge.experiments.text import cut_prompts, generate_text  # noqa: E402
+
+
+def generate_text(pipe: Pipeline, prompts, batch_size: int, seed: int = 0) -> list[str]:
+    """Continue each prompt with the run's prior until [EOS] (latentbridge's one generation path)."""
+    return pipe.generate(prompts=list(prompts), target=pipe.tasks[0].target, batch_size=batch_size, seed=seed)
 
 
 def ar_generate(model: ARModel, tok, prompts, batch: int, seed: int) -> list[str]:
@@ -86,11 +91,12 @@ def main() -> int:
     args = ap.parse_args()
     torch.manual_seed(args.seed)
 
-    cfg, codecs, prior, layout = load_run(args.run)
+    pipe = Pipeline.from_pretrained(args.run)
+    cfg, codecs, prior = pipe.cfg, pipe.codecs, pipe.prior
     role = cfg.task.target
     codec = codecs[role]
     tok = codec.tokenizer
-    source = make_source(cfg.data, cfg.seed)
+    source = TaskMixture(pipe.tasks, cfg.seed, pipe.registries).source(pipe.tasks[0])
     latent_params = sum(p.numel() for p in codec.parameters()) + prior.num_parameters()
 
     ar_dir = Path(args.ar)
@@ -113,18 +119,18 @@ def main() -> int:
     prompts, refs = cut_prompts(texts[: args.prompts])
 
     # ---- speed: the same prompts, batch 1 and batch 16 (warm-up first) --------------------------------
-    generate_text(cfg, codecs, prior, layout, prompts[:2], batch_size=2)
+    generate_text(pipe, prompts[:2], batch_size=2)
     ar_generate(ar, tok, prompts[:2], 2, 0)
     speed = {}
     for b, n in ((1, 8), (16, 32)):
-        outs, s = timed(lambda b=b, n=n: generate_text(cfg, codecs, prior, layout, prompts[:n], batch_size=b, seed=args.seed))
+        outs, s = timed(lambda b=b, n=n: generate_text(pipe, prompts[:n], batch_size=b, seed=args.seed))
         latent_tps = (sum(map(len, tokens_of(tok, outs))) + n) / s  # + [EOS] per text
         outs, s = timed(lambda b=b, n=n: ar_generate(ar, tok, prompts[:n], b, args.seed))
         ar_tps = (sum(map(len, tokens_of(tok, outs))) + n) / s
         speed[b] = (latent_tps, ar_tps)
 
     # ---- quality: all prompts at batch 16 ---------------------------------------------------------------
-    latent_out = generate_text(cfg, codecs, prior, layout, prompts, batch_size=16, seed=args.seed + 1)
+    latent_out = generate_text(pipe, prompts, batch_size=16, seed=args.seed + 1)
     ar_out = ar_generate(ar, tok, prompts, 16, args.seed + 1)
     refs_full = [p + " " + r for p, r in zip(prompts, refs)]
 

@@ -310,8 +310,13 @@ class Pipeline:
 
 
 def write_generated(codec: Codec, items: Sequence[Any], directory: Path, labels: Sequence[Any] | None = None) -> list[Path]:
-    """Generated items as files through the target codec's write_items (named by their conditions when those are text)."""
+    """Generated items as files through the target codec's write_items (named by their conditions when those are text),
+    in a directory of their own: what an earlier call left there is replaced, not mixed in."""
+    import shutil
+
     names = [str(x)[:60] if isinstance(x, (str, int, float)) else f"{i:02d}" for i, x in enumerate(labels or range(len(items)))]
+    if Path(directory).is_dir():
+        shutil.rmtree(directory)
     try:
         return codec.write_items(list(items), directory, names)
     except NotImplementedError as err:

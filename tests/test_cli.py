@@ -49,7 +49,7 @@ def test_autoload_off_hides_entry_point_plugins():
 def test_codecs_check_prints_a_pass_table():
     proc = run("codecs", "check", "label", "--num_classes=3")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "save_load_round_trip" in proc.stdout and "11 passed, 0 failed" in proc.stdout
+    assert "save_load_round_trip" in proc.stdout and "12 passed, 0 failed" in proc.stdout
 
 
 def test_codecs_show_documents_options():

@@ -149,6 +149,20 @@ class NaNDiagnostics(Good):
         return {"rate_nats_per_latent": float("nan")}
 
 
+class LostFiles(Good):
+    """Writes files but reads back fewer items than it wrote."""
+
+    def write_items(self, items, directory, names=None):
+        from pathlib import Path
+
+        path = Path(directory) / "items.pt"
+        torch.save([torch.as_tensor(x) for x in items], path)
+        return [path]
+
+    def read_items(self, paths):
+        return torch.load(paths[0])[:1]
+
+
 BROKEN = {
     "test_latent_spec": (NoNumTokens, "num_tokens\\(item\\) is not implemented"),
     "test_encode_matches_spec": (WrongWidth, "expected \\[B, N, 4\\]"),
@@ -161,6 +175,7 @@ BROKEN = {
     "test_frozen_codec_builds_no_graph": (HiddenParameter, "a frozen codec still built an autograd graph"),
     "test_loss_terms": (UnnamedLoss, "must name its terms"),
     "test_diagnostics": (NaNDiagnostics, "diagnostic 'rate_nats_per_latent' is nan"),
+    "test_write_and_read_items": (LostFiles, "read_items read 1 items back from the files of 4"),
 }
 
 

@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 
 from latentbridge.codecs import Codec, Latents

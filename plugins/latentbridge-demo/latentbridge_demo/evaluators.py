@@ -120,7 +120,7 @@ class ImageToCaption(Evaluator):
         from latentbridge_demo.data.images import IMAGE_SOURCES, load_images, load_scenes
 
         ctx = self.ctx
-        task, opts, n, role = ctx.task, ctx.task.data.config, ctx.samples, ctx.task.cond[0]
+        opts, n, role = ctx.task.data.config, ctx.samples, ctx.task.cond[0]
         size = int(getattr(ctx.codecs[role].config, "image_size", 32))
         trained_on = set(opts.sources or IMAGE_SOURCES)  # score the kinds of image the task learned
         found: dict[str, tuple[list, list[str]]] = {}

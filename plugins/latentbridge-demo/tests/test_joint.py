@@ -107,10 +107,12 @@ def test_eval_scores_every_task_with_controls_and_writes_the_report(run, capsys)
 
 @pytest.mark.slow
 def test_sample_writes_grids_texts_and_wavs(run):
-    assert main(["sample", str(run), "--prompt", "a frog above a cat", "--prompt", "rocket", "--guidance", "2", "--no-progress"]) == 0
-    assert (run / "samples" / "caption_to_image" / "g2" / "grid.png").is_file()
-    assert len(list((run / "samples" / "text_to_speech" / "g2").glob("*.wav"))) == 2
-    assert not (run / "samples" / "image_to_caption" / "g2").exists()  # text prompts are no images: the task is left out
+    out = run / "prompted"
+    assert main(["sample", str(run), "--prompt", "a frog above a cat", "--prompt", "rocket", "--guidance", "2", "--no-progress",
+                 "--out", str(out)]) == 0
+    assert (out / "caption_to_image" / "g2" / "grid.png").is_file()
+    assert sorted(p.name for p in (out / "text_to_speech" / "g2").glob("*.wav")) == ["00_a_frog_above_a_cat.wav", "01_rocket.wav"]
+    assert not (out / "image_to_caption").exists()  # text prompts are no images: the task is left out
     assert main(["sample", str(run), "--task", "image_to_caption", "--samples", "3", "--guidance", "1", "--no-progress"]) == 0
     lines = (run / "samples" / "image_to_caption" / "g1" / "items.txt").read_text().splitlines()
     assert len(lines) == 3 and lines[0].startswith("00\t")
