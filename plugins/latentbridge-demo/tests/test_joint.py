@@ -124,6 +124,16 @@ def test_sample_writes_grids_texts_and_wavs(run):
 # --------------------------------------------------------------------------------------------------
 
 
+def test_word_error_rate_agrees_with_jiwer():
+    jiwer = pytest.importorskip("jiwer")
+    from latentbridge_demo.evaluate.speech import _words, word_error_rate
+
+    refs = ["a big owl", "Oslo", "the frog sat on a lemon", "seven"]
+    hyps = ["a owl owl", "oslo harbour", "frog sat on lemon today", ""]
+    norm = lambda texts: [" ".join(_words(t)) for t in texts]  # noqa: E731  (the same normalisation on both sides)
+    assert word_error_rate(refs, hyps) == pytest.approx(jiwer.wer(norm(refs), norm(hyps)))
+
+
 def test_word_error_rate():
     from latentbridge_demo.evaluate.speech import word_error_rate
 

@@ -51,6 +51,19 @@ def test_wraps_a_diffusers_autoencoder_directory(tmp_path):
         assert torch.allclose(again.raw_encode(x).mean, post.mean, atol=1e-6)
 
 
+def test_ssim_is_the_standard_one():
+    """The same figure as scikit-image's SSIM with the paper's settings (Gaussian 11 x 11, sigma 1.5)."""
+    metrics = pytest.importorskip("skimage.metrics")
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
+    y = (x + 0.2 * torch.randn(x.shape, generator=g)).clamp(-1, 1)
+    ours = ssim(y, x)
+    for i in range(2):
+        ref = metrics.structural_similarity(((x[i] + 1) / 2).permute(1, 2, 0).double().numpy(), ((y[i] + 1) / 2).permute(1, 2, 0).double().numpy(),
+                                            gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0, channel_axis=2)
+        assert abs(float(ours[i]) - ref) < 2e-2, (float(ours[i]), ref)
+
+
 def test_psnr_and_ssim():
     g = torch.Generator().manual_seed(0)
     x = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
