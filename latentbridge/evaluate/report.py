@@ -83,9 +83,10 @@ def write_markdown(run_dir: Path, name: str, report: dict[str, Any]) -> Path:
             lines += score_table(scores) + [""]
         found = sorted(p for p in samples.glob(f"{task}_*")) if samples.is_dir() else []
         found += sorted(p for p in (samples / task).rglob("*") if p.is_file()) if (samples / task).is_dir() else []
-        pictures = [p for p in found if p.suffix == ".png"]
+        pictures = [p for p in found if p.suffix == ".png" and (p.parent == samples or p.name == "grid.png")]  # grids, not items
         others = [p for p in found if p.suffix != ".png" and p.is_file()]
-        lines += [f"![{p.stem}]({p.relative_to(run_dir)})" for p in pictures[:8]] + [""]
+        lines += [f"![{p.stem if p.parent == samples else p.parent.relative_to(samples)}]({p.relative_to(run_dir)})"
+                  for p in pictures[:8]] + [""]
         if others:
             lines += ["Files: " + ", ".join(f"[{p.relative_to(samples)}]({p.relative_to(run_dir)})" for p in others[:24]), ""]
     lines += [f"Evaluation took {report.get('eval_s', 0):.0f} s.", ""]
