@@ -183,20 +183,26 @@ def cmd_train(args: argparse.Namespace, extra: Sequence[str]) -> int:
     train(cfg, run_dir, resume=args.resume, init_from=args.init_from, progress=not args.no_progress)
     print(f"trained the {cfg.train.stage} stage of '{cfg.name}' for {cfg.train.steps} steps; run directory {run_dir}")
     if cfg.train.stage == "codec":  # a codec run: its held-out report, as `latentbridge reconstruct RUN_DIR` writes it
-        cmd_reconstruct(argparse.Namespace(path=str(run_dir), out=None, role=None, split=None, n=16, files=None, data=None))
+        from latentbridge.evaluate.codecs import reconstruct
+
+        _print_reconstruction(reconstruct(run_dir))
     return 0
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     from latentbridge.evaluate.codecs import reconstruct
 
-    result = reconstruct(args.path, args.out, role=args.role, splits=args.split, n=args.n, files=args.files or (), data=args.data)
+    _print_reconstruction(reconstruct(args.path, args.out, role=args.role, splits=args.split, n=args.n, files=args.files or (),
+                                      data=args.data))
+    return 0
+
+
+def _print_reconstruction(result: dict) -> None:
     rows = []
     for split, row in result["held_out"].items():
         rows += [[split, k, f"{v:.4f}" if isinstance(v, float) else str(v)] for k, v in row.items()]
     print(_table(rows, ["split", "figure", "value"]))
     print(f"wrote {len(result['written'])} files to {result['out']} and the figures to {result['report']}")
-    return 0
 
 
 def cmd_sample(args: argparse.Namespace) -> int:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
 
 import torch
 
@@ -178,5 +178,3 @@ class Evaluator:
             rows[f"guidance {g:g}"] = row
         return rows
 
-
-EvaluatorFactory = Callable[[EvalContext], Evaluator]

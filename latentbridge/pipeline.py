@@ -350,23 +350,21 @@ def sample_run(run_dir: str | Path, *, tasks: Sequence[str] | None = None, promp
         raise ConfigError(f"--task {', '.join(unknown)}: this run's tasks are {', '.join(known)}")
     chosen = [known[t] for t in tasks] if tasks else everything
     out_dir = Path(out) if out else Path(run_dir) / "samples"
+    mix = None if prompts else TaskMixture(chosen, pipe.cfg.seed, pipe.registries)  # held-out data, each data set loaded once
     written: list[Path] = []
     for task in chosen:
         conditions, given, num = None, None, None
-        if prompts and not task.cond:
-            given = list(prompts)
-            if not _accepts(pipe.codecs[task.target], given) and not tasks:
-                continue
-        elif prompts and len(task.cond) == 1:
-            conditions = {task.cond[0]: list(prompts)}
-            if not _accepts(pipe.codecs[task.cond[0]], prompts):
+        if prompts:
+            if len(task.cond) > 1:
+                continue  # a task of several conditions is not started from one list of prompts
+            role = task.cond[0] if task.cond else task.target  # prompts are condition items, or text to continue
+            if not _accepts(pipe.codecs[role], prompts):
                 if tasks:
-                    raise ConfigError(f"--prompt: the {task.cond[0]} codec of task {task.name} cannot read the prompts as its items.")
-                continue  # prompts of another kind than this task's condition (text prompts, an image condition)
-        elif prompts:
-            continue  # a task of several conditions is not started from one list of prompts
+                    raise ConfigError(f"--prompt: the {role} codec of task {task.name} cannot read the prompts as its items.")
+                continue  # prompts of another kind than this task takes (text prompts, an image condition)
+            conditions, given = ({role: list(prompts)}, None) if task.cond else (None, list(prompts))
         elif task.cond:
-            data = TaskMixture([task], pipe.cfg.seed, pipe.registries).source(task)
+            data = mix.source(task)
             raw = data.split("test", n)
             conditions = {r: raw[data.field(pipe.codecs[r].modality, r)] for r in task.cond}
         else:

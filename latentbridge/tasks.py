@@ -45,8 +45,6 @@ class DataSpec:
     name: str
     config: Any
     """The data set's config dataclass."""
-    key: str = dataclasses.field(default="data", compare=False, repr=False)
-    """Where the experiment configures it (`data`, `tasks.<name>`), for error messages."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +80,7 @@ def data_of(cfg: ExperimentConfig, reg: Registries | None = None) -> DataSpec:
     if not cfg.data.name:
         raise ConfigError("data.name is empty: name the data set to train on (`latentbridge datasets list` shows the installed "
                           "ones), e.g. --data.name=gaussian_ring.")
-    return DataSpec(cfg.data.name, reg.datasets.config_of(cfg.data.name, cfg.data.config), "data")
+    return DataSpec(cfg.data.name, reg.datasets.config_of(cfg.data.name, cfg.data.config))
 
 
 def tasks_of(cfg: ExperimentConfig, reg: Registries | None = None) -> list[Task]:
@@ -103,9 +101,9 @@ def tasks_of(cfg: ExperimentConfig, reg: Registries | None = None) -> list[Task]
                                   "(`latentbridge datasets list` shows the installed ones).")
             data_of(cfg, reg)  # data.config on its own first, so its errors name data.config
             options = {**cfg.data.config, **(t.data_config or {})}
-            data = DataSpec(cfg.data.name, reg.datasets.config_of(cfg.data.name, options, where), where)
+            data = DataSpec(cfg.data.name, reg.datasets.config_of(cfg.data.name, options, where))
         else:
-            data = DataSpec(t.data, reg.datasets.config_of(t.data, t.data_config or {}, where), where)
+            data = DataSpec(t.data, reg.datasets.config_of(t.data, t.data_config or {}, where))
         out.append(Task(name, tuple(t.cond), t.target, float(t.weight), data))
     return out
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -149,10 +149,3 @@ class ItemDataset(Dataset):
                 h.update(np.ascontiguousarray(item).tobytes() if isinstance(item, np.ndarray) else str(item).encode())
         return h.hexdigest()[:12]
 
-
-def take(items: dict[str, list], n: int | None) -> dict[str, list]:
-    """The first n items of every field (all with n None)."""
-    return {k: list(v[:n] if n else v) for k, v in items.items()}
-
-
-__all__: Sequence[str] = ["Dataset", "ItemDataset", "NoOptions", "SPLITS", "check_items", "epoch_indices", "take"]

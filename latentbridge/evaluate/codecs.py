@@ -36,10 +36,10 @@ def _batches(items: Sequence[Any], size: int):
         yield items[i : i + size]
 
 
-def split_label(name: str, source: Any = None) -> str:
+def split_label(name: str, source: Dataset | None = None) -> str:
     """How a held-out split is named in reports: the source's own label (`test emoji`), the split itself
     (`test`), or `NAME (out of domain)`."""
-    labels = getattr(source, "held_out", {})
+    labels = source.held_out if source is not None else {}
     return labels.get(name) or (name if name in SPLITS else f"{name} (out of domain)")
 
 
@@ -77,12 +77,12 @@ def write_reconstructions(codec: Codec, items: Sequence[Any], names: Sequence[st
     """Originals and their reconstructions (posterior mean) through the codec's write_items, into
     `directory/stem/originals` and `directory/stem/reconstructions` (nothing if the codec writes no files)."""
     items = list(items)
-    recon = [r for chunk in _batches(items, 64) for r in codec.decode(codec.encode_items(chunk))]
     try:
-        return (codec.write_items(items, Path(directory) / stem / "originals", list(names))
-                + codec.write_items(recon, Path(directory) / stem / "reconstructions", list(names)))
+        written = codec.write_items(items, Path(directory) / stem / "originals", list(names))
     except NotImplementedError:
-        return []
+        return []  # a codec that writes no files: nothing to decode for
+    recon = [r for chunk in _batches(items, 64) for r in codec.decode(codec.encode_items(chunk))]
+    return written + codec.write_items(recon, Path(directory) / stem / "reconstructions", list(names))
 
 
 def _names(split: dict[str, list], field: str, n: int) -> list[str]:
@@ -100,7 +100,7 @@ def codec_report(cfg: ExperimentConfig, run_dir: Path, codecs: dict[str, Codec],
     n = cfg.eval.samples
     start = time.perf_counter()
     splits, written = {}, []
-    for name in names or getattr(source, "held_out", {"test": "test"}):
+    for name in names or source.held_out:
         data = source.split(name, n)
         if not data[field]:
             continue  # e.g. a small data set with no test clip of one engine
@@ -118,15 +118,6 @@ def codec_report(cfg: ExperimentConfig, run_dir: Path, codecs: dict[str, Codec],
     }
     update_report(run_dir, lambda report: report.setdefault("codecs", {}).__setitem__(role, entry))
     return entry
-
-
-def format_codec_report(role: str, entry: dict[str, Any]) -> str:
-    lines = [f"codec '{entry['codec']}' (role {role}): {entry['parameters']:,} parameters, {entry['train_steps']} steps "
-             f"in {entry['train_s']} s"]
-    for split, row in entry["held_out"].items():
-        lines.append(f"  {split}:")
-        lines += [f"    {k:<32} {v:.4f}" if isinstance(v, float) else f"    {k:<32} {v}" for k, v in row.items()]
-    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------------

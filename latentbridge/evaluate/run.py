@@ -34,10 +34,11 @@ def chosen_evaluators(names: Sequence[str] | None, reg: Registries) -> list[Entr
 def evaluator_options(cfg: ExperimentConfig, reg: Registries, names: Sequence[str] | None = None) -> dict[str, tuple[Entry, Any]]:
     """The evaluators to run (`names`, else eval.evaluators, else all) with their options from eval.options, checked."""
     entries = chosen_evaluators(list(names) if names else cfg.eval.evaluators, reg)
-    for name in cfg.eval.options:
+    given = {}
+    for name, options in cfg.eval.options.items():  # every name and option checked, also of evaluators left out
         reg.evaluators.entry(name, f"eval.options.{name}")
-        reg.evaluators.config(name, cfg.eval.options[name], f"eval.options.{name}")
-    return {e.name: (e, reg.evaluators.config(e.name, cfg.eval.options.get(e.name), f"eval.options.{e.name}")) for e in entries}
+        given[name] = reg.evaluators.config(name, options, f"eval.options.{name}")
+    return {e.name: (e, given[e.name] if e.name in given else e.cls.config_class()) for e in entries}
 
 
 def evaluate_run(run_dir: str | Path, *, samples: int | None = None, guidance_scales: Sequence[float] | None = None,

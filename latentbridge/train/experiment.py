@@ -56,19 +56,18 @@ def train(cfg: ExperimentConfig, run_dir: str | Path, *, reg: Registries | None 
     tasks = tasks_of(cfg, reg)
     torch.manual_seed(cfg.seed)
     mixture = bool(cfg.tasks)
+    mix = TaskMixture(tasks, cfg.seed, reg)
+    modalities = {r: reg.codecs.get(s.codec).modality for r, s in cfg.codecs.items()}
+    mix.check_fields(modalities)  # before building any codec
+    source = None if mixture else mix.source(tasks[0])
     if mixture:
-        mix = TaskMixture(tasks, cfg.seed, reg)
-        codecs = build_codecs(cfg, reg)
-        mix.check_fields({r: c.modality for r, c in codecs.items()})
-        unused = [r for r in codecs if not any(r in t.roles for t in tasks)]
+        unused = [r for r in modalities if not any(r in t.roles for t in tasks)]
         if unused:
             raise ConfigError(f"codecs {', '.join(unused)} are in no task of the mixture; use them in a task or remove them.")
-        source = None
-    else:
-        source = reg.datasets.create(tasks[0].data.name, tasks[0].data.config, cfg.seed)
-        for role, slot in cfg.codecs.items():  # every role has something to encode in this data
-            source.field(reg.codecs.get(slot.codec).modality, role)
-        codecs = build_codecs(cfg, reg)
+    else:  # one task encodes every role's items from its data set
+        for role, modality in modalities.items():
+            source.field(modality, role)
+    codecs = build_codecs(cfg, reg)
 
     def batches(step: int, size: int, gen: torch.Generator) -> dict[str, Any] | TaskBatch:
         if mixture:
