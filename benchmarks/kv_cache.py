@@ -33,7 +33,7 @@ def timed_generation(prior, layout, prompts, blocks, steps, use_cache, seed, dev
 
     start = time.perf_counter()
     out = generate_latents(prior, layout, prompts, "text", blocks * layout.streams["text"].block_size, steps=steps,
-                           use_cache=use_cache, generator=torch.Generator().manual_seed(seed), on_block=on_block)
+                           use_cache=use_cache, seed=seed, on_block=on_block)
     times = [b - a for a, b in zip([start, *stamps[:-1]], stamps)]  # seconds per block (block 1 includes the prefill)
     return out, times
 

@@ -108,6 +108,11 @@ class SamplingConfig:
     conditions, or one per cond segment. `latentbridge eval` sweeps eval.guidance_scales instead."""
     guidance_interval: tuple[float, float] | None = None
     """Apply guidance only for t in [lo, hi]; null applies it everywhere."""
+    unconditional: Literal["auto", "conditions", "block"] = "auto"
+    """What guidance compares against. conditions: the example without its cond segments (what train.cond_dropout
+    trains); block: the block being generated alone, all context removed (Cola DLM's text guidance; a first block
+    with no context gets no guidance); auto: conditions for tasks with conditions, block for tasks without (text
+    continuation, where dropping conditions would leave guidance with nothing to do)."""
 
 
 @dataclasses.dataclass
@@ -138,6 +143,10 @@ class TrainConfig:
     """Gradient norm clip."""
     cond_dropout: float = 0.1
     """Probability of dropping the cond segments of an example (trains the unconditional pass for guidance)."""
+    cond_dropout_mode: Literal["together", "each"] = "together"
+    """together: an example's cond segments are dropped all at once (the variant one guidance scale uses); each:
+    every cond segment on its own draw, which also trains the one-condition-dropped variants that guidance with one
+    scale per condition (sampling.guidance as a list) compares against. Use `each` for per-condition guidance."""
     codec_steps: int = 300
     """Steps of the codec stage (each trainable codec on its own loss) before the prior stage."""
     codec_lr: float = 1e-2
@@ -156,6 +165,9 @@ class TrainConfig:
     """Where the latent cache lives (default <run dir>/latent_cache); share it between runs to reuse it."""
     ema_decay: float = 0.999
     """Decay of the EMA of the trained weights; 0 turns EMA off."""
+    ema_warmup: bool = True
+    """Warm the EMA up: update n uses decay min(ema_decay, (1 + n) / (10 + n)), so the first steps' weights fade
+    out instead of keeping a share decay^steps of the EMA (9% after 1,200 steps at 0.998)."""
     joint_kl_weight: float = 1.0
     """Joint stage: weight of KL(q(z|x) || q_stage1(z|x)), which keeps the codec near its stage-1 encoder."""
     joint_codec_weight: float = 1.0

@@ -17,6 +17,7 @@ Lc context tokens, Dmax widest codec latent.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -62,27 +63,65 @@ class _Context:
         return out[:, -k:]
 
 
-def _guidance_variants(prompts: Sequence[Example], scales: Sequence[float]) -> tuple[list[Example], list[list[int]]]:
-    """Rows to run: each prompt in full, then (per condition with scale != 1) the prompt without it.
+UNCONDITIONAL = ("auto", "conditions", "block")
 
-    With one scale, the condition is every `cond` segment at once (the usual unconditional pass);
-    with several, scale i drops the i-th `cond` segment.
+
+def sample_generator(seed: int, index: int) -> torch.Generator:
+    """The noise source of sample `index` of a generate call under `seed`: the same whatever else is in its batch."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + index) % (2**63 - 1))
+
+
+def _guidance_variants(prompts: Sequence[Example], scales: Sequence[float], unconditional: str
+                       ) -> tuple[list[Example], list[list[int]], list[bool]]:
+    """Rows to run: each prompt in full, then per guidance scale != 1 the prompt's unconditional variant.
+
+    Returns the rows, per scale the rows of its variant (one per prompt; [] where guidance is off) and per row
+    whether it sees the current block alone (nothing of it is ever committed to the context).
+
+    `unconditional`:
+      conditions  the prompt without its `cond` segments (what training with train.cond_dropout learns); with
+                  several scales, scale i drops the i-th `cond` segment. A prompt without conditions has no
+                  unconditional variant: guidance is off for it (and costs nothing).
+      block       the block being generated alone: conditions, prompt and earlier blocks all removed from
+                  attention (Cola DLM's guidance for text). Where there is no context yet (a prompt shorter than
+                  a block) the two rows agree, so guidance is off for that block, as Cola DLM switches it off.
+      auto        conditions for prompts with `cond` segments, block for prompts without.
     """
+    if unconditional not in UNCONDITIONAL:
+        raise ConfigError(f"sampling.unconditional must be one of {', '.join(UNCONDITIONAL)}, got {unconditional!r}")
     rows = list(prompts)
-    groups: list[list[int]] = []  # per guidance scale: the rows of the variant, one per prompt
+    alone = [False] * len(rows)
+    groups: list[list[int]] = []
+    alone_rows: dict[int, int] = {}  # prompt -> its block-alone row, shared by all scales
     for i, s in enumerate(scales):
         if s == 1.0:
             groups.append([])
             continue
-        idx = []
-        for p in prompts:
+        variants = []
+        for n, p in enumerate(prompts):
             conds = [j for j, seg in enumerate(p) if seg.role == "cond"]
+            mode = unconditional if unconditional != "auto" else ("conditions" if conds else "block")
+            if mode == "block":
+                variants.append(alone_rows.get(n, ([], True)))
+                continue
             drop = set(conds) if len(scales) == 1 else ({conds[i]} if i < len(conds) else set())
-            variant = [seg for j, seg in enumerate(p) if j not in drop]
+            variants.append(([seg for j, seg in enumerate(p) if j not in drop], False) if drop else None)
+        if all(v is None for v in variants):  # nothing to drop for any prompt: guidance is off, no rows run
+            groups.append([])
+            continue
+        idx = []
+        for n, (p, v) in enumerate(zip(prompts, variants)):
+            if isinstance(v, int):  # this prompt's block-alone row exists already
+                idx.append(v)
+                continue
+            row, is_alone = v if v is not None else (list(p), False)  # the full prompt again: no guidance for it
+            if is_alone:
+                alone_rows[n] = len(rows)
             idx.append(len(rows))
-            rows.append(variant)
+            rows.append(row)
+            alone.append(is_alone)
         groups.append(idx)
-    return rows, groups
+    return rows, groups, alone
 
 
 def _prefill(ctx: _Context, layout: SequenceLayout, rows: list[Example], device, dtype) -> tuple[Tensor, Tensor]:
@@ -127,7 +166,10 @@ def generate_latents(
     shift: float = 1.0,
     guidance: float | Sequence[float] = 1.0,
     guidance_interval: tuple[float, float] | None = None,
-    generator: torch.Generator | None = None,
+    unconditional: str = "auto",
+    seed: int = 0,
+    first_index: int = 0,
+    whole_blocks: bool = False,
     use_cache: bool = True,
     stop: Callable[[Tensor], Tensor] | None = None,
     on_block: Callable[[int, Tensor], None] | None = None,
@@ -139,6 +181,13 @@ def generate_latents(
     block is generated with the given positions pinned (clean repaint). `stop(block [S, K, D]) ->
     bool [S]` ends a sample after a block, for codecs whose items end by a marker. `on_block(i,
     block [S, K, D])` is called after each committed block (progress bars, timing).
+
+    A sample never depends on the rest of its batch: sample i draws its noise from its own generator
+    (`sample_generator(seed, first_index + i)`, a whole block of noise per block), and where samples' blocks
+    differ in length the shorter ones are padded with tokens nothing attends to. With `whole_blocks` (items that
+    end by a marker) every block is a whole block and the output is cut to `num_tokens` afterwards, so the
+    block handed to `stop` holds only generated latents. `unconditional` picks what guidance compares against
+    (see _guidance_variants).
     """
     scales = [float(guidance)] if isinstance(guidance, (int, float)) else [float(s) for s in guidance]
     stream = layout.stream(target)
@@ -146,6 +195,7 @@ def generate_latents(
     param = next(prior.parameters())
     device, dtype = param.device, param.dtype
     s_count = len(prompts)
+    generators = [sample_generator(seed, first_index + i) for i in range(s_count)]
 
     given: list[Tensor] = []  # per sample: given tokens of the partial block to repaint
     context: list[Example] = []
@@ -160,10 +210,11 @@ def generate_latents(
         else:
             given.append(torch.zeros(0, dim))
         context.append(p)
-    rows, groups = _guidance_variants(context, scales)
-    row_sample = torch.tensor(list(range(s_count)) + [s for g in groups if g for s in range(s_count)])
+    rows, groups, alone = _guidance_variants(context, scales, unconditional)
+    row_sample = torch.tensor(list(range(s_count)) + _variant_samples(groups, len(rows) - s_count, s_count))
     r_count = len(rows)
     rs = row_sample.to(device)
+    alone_rows = torch.tensor(alone, device=device)  # [R] rows that never keep context
 
     ctx = _Context(prior, use_cache)
     next_block, next_pos = _prefill(ctx, layout, rows, device, dtype)
@@ -174,14 +225,17 @@ def generate_latents(
     pad = layout.dmax - dim
     blocks_done = 0
     while bool((active := ~done & (produced < num_tokens)).any()):
-        k = int(torch.clamp(pins + num_tokens - produced, max=bs)[active].max())  # tokens in this block
+        own = torch.full_like(pins, bs) if whole_blocks else torch.clamp(pins + num_tokens - produced, max=bs)  # [S] block lengths
+        k = int(own[active].max())  # tokens in this block
+        real = torch.arange(k)[None, :] < own[:, None]  # [S, K] False: padding of a shorter block
         pin_mask = (torch.arange(k)[None, :] < pins[:, None]).to(device)  # [S, K]
         pin_values = torch.zeros(s_count, k, dim, dtype=dtype, device=device)
         for s in range(s_count):
             n = int(pins[s])
             pin_values[s, :n] = given[s][:n].to(device, dtype)
+        sample_ids = torch.arange(r_count)[:, None].repeat(1, k)
         meta = TokenMeta(
-            sample=torch.arange(r_count, device=device)[:, None].repeat(1, k),
+            sample=torch.where(real[row_sample], sample_ids, -1).to(device),
             block=next_block[:, None].repeat(1, k).to(device),
             noisy=torch.ones(r_count, k, dtype=torch.bool, device=device),
             position=(next_pos[:, None] + torch.arange(k)[None, :]).to(device),
@@ -197,14 +251,16 @@ def generate_latents(
             v_without = [v[g] if g else v_full for g in groups]
             return torch.where(pm, 0.0, guided_velocity(v_full, v_without, scales, t, guidance_interval))
 
-        noise = torch.randn(s_count, k, dim, generator=generator, dtype=dtype).to(device)
+        noise = torch.stack([torch.randn(bs, dim, generator=g, dtype=dtype)[:k] for g in generators]).to(device)  # [S, K, D]: a whole block per sample, whatever K is
         block = integrate(velocity, torch.where(pm, pin_values, noise), steps=steps, solver=solver, shift=shift)
         block = torch.where(pm, pin_values, block)  # [S, K, D]
-        clean = TokenMeta(meta.sample, meta.block, torch.zeros_like(meta.noisy), meta.position)
+        block = torch.where(real[..., None].to(device), block, 0.0)
+        kept = meta.sample.masked_fill(alone_rows[:, None], -1)  # block-alone rows keep no context
+        clean = TokenMeta(kept, meta.block, torch.zeros_like(meta.noisy), meta.position)
         ctx.commit(torch.nn.functional.pad(block[rs], (0, pad)), codec, clean)
         for s in range(s_count):
             if active[s]:
-                new = block[s][~pin_mask[s]]
+                new = block[s][int(pins[s]) : int(own[s])]
                 outputs[s].append(new)
                 produced[s] += new.shape[0]
         if stop is not None:
@@ -213,9 +269,19 @@ def generate_latents(
             on_block(blocks_done, block)
         blocks_done += 1
         next_block += 1
-        next_pos += k
+        next_pos += own[row_sample]
         pins = torch.zeros_like(pins)
     return [torch.cat(o)[:num_tokens] if o else torch.zeros(0, dim, dtype=dtype, device=device) for o in outputs]
+
+
+def _variant_samples(groups: list[list[int]], count: int, s_count: int) -> list[int]:
+    """The sample of each variant row (rows s_count.. in order), from the groups that index them."""
+    out = [-1] * count
+    for g in groups:
+        for s, r in enumerate(g):
+            if r >= s_count:
+                out[r - s_count] = s
+    return out
 
 
 class Pipeline:
@@ -283,8 +349,13 @@ class Pipeline:
         s = self.cfg.sampling
         if guidance is None:
             guidance = s.guidance[0] if len(s.guidance) == 1 else list(s.guidance)
+        per_condition = not isinstance(guidance, (int, float)) and len(guidance) > 1 and any(float(g) != 1.0 for g in guidance)
+        if per_condition and len(task.cond) > 1 and self.cfg.train.cond_dropout_mode != "each":
+            warnings.warn(f"guidance {list(guidance)}: one scale per condition compares against variants with one condition "
+                          "dropped, which this run never trained (train.cond_dropout_mode: together drops all conditions at "
+                          "once). Give one scale, or train with cond_dropout_mode: each.", stacklevel=2)
         kw = dict(steps=steps or s.steps, solver=s.solver, shift=s.shift, guidance=guidance, guidance_interval=s.guidance_interval,
-                  generator=torch.Generator().manual_seed(seed))
+                  unconditional=s.unconditional, seed=seed)
         n = next(iter(sizes.values()))
         out: list[Any] = []
         for start in tqdm(range(0, n, batch_size), desc=f"generate {task.target}", disable=not progress, dynamic_ncols=True):
@@ -293,7 +364,7 @@ class Pipeline:
             lat = {r: self.codecs[r].encode_items(list(conditions[r][start:stop_at])).unbind() for r in task.cond}
             context = [[Segment(r, lat[r][i], "cond") for r in task.cond] for i in range(size)]
             if spec.fixed:
-                z = generate_latents(self.prior, self.layout, context, task.target, spec.tokens_per_item, **kw)
+                z = generate_latents(self.prior, self.layout, context, task.target, spec.tokens_per_item, first_index=start, **kw)
                 values = torch.stack(z)
                 out += codec.decode(Latents(codec.name, values, torch.full((size,), values.shape[1])))
                 continue
@@ -304,7 +375,8 @@ class Pipeline:
             stream = codec.decoder_stream(prefix)
             examples = [ctx + ([Segment(task.target, z, "target")] if len(z) else []) for ctx, z in zip(context, prefix.unbind())]
             limit = max_tokens or spec.max_tokens or 4 * spec.block_size
-            generate_latents(self.prior, self.layout, examples, task.target, limit, stop=stream.push, **kw)
+            generate_latents(self.prior, self.layout, examples, task.target, limit, stop=stream.push, first_index=start,
+                             whole_blocks=True, **kw)
             out += stream.items()
         return out
 

@@ -45,11 +45,15 @@ def load_run(run_dir: str | Path, reg: Registries | None = None, *, need_prior: 
     run_dir = Path(run_dir)
     cfg = read_config(run_dir)
     reg = reg or registries()
-    missing = [role for role in cfg.codecs if not (run_dir / "codecs" / role / "codec.json").is_file()]
+    joint = cfg.train.codec_role or cfg.task.target if cfg.train.stage == "joint" else None
+    dirs = {role: run_dir / "codecs" / role for role in cfg.codecs}
+    if joint and not (dirs[joint] / "codec.json").is_file():  # an unfinished joint run: stage 1 + the checkpoint's weights
+        dirs[joint] = run_dir / "stage1" / joint
+    missing = [role for role, d in dirs.items() if not (d / "codec.json").is_file()]
     if missing:
         raise ConfigError(f"{run_dir} has no trained codec for role(s) {', '.join(missing)} (codecs/<role>/ is missing); "
                           "finish its training first (latentbridge train ... --resume).")
-    codecs = {role: reg.codecs.load(run_dir / "codecs" / role).freeze() for role in cfg.codecs}
+    codecs = {role: reg.codecs.load(d).freeze() for role, d in dirs.items()}
     if cfg.train.stage == "codec":
         if need_prior:
             raise ConfigError(f"{run_dir} is a codec-stage run: it has no prior to sample from. Train a prior on its codec "
@@ -61,6 +65,12 @@ def load_run(run_dir: str | Path, reg: Registries | None = None, *, need_prior: 
     ckpt = load_checkpoint(path)
     weights: dict[str, Any] = ckpt["ema"] or ckpt["model"]
     weights = {k.removeprefix("module."): v for k, v in weights.items() if k != "n_averaged"}
+    if joint:  # the joint stage trains its codec with the prior: the checkpoint's codec is the one its prior knows
+        try:
+            codecs[joint].load_state_dict({k.removeprefix("codec."): v for k, v in weights.items() if k.startswith("codec.")}, strict=True)
+        except RuntimeError as err:
+            raise CheckpointError(f"{path}: the {joint} codec's weights do not fit the run's codec ({' '.join(str(err).split())[:300]}).") from None
+        codecs[joint].freeze()
     layout = layout_of(cfg, codecs)
     prior = BlockCausalDiT(experiment_prior_config(cfg, layout))
     try:

@@ -237,9 +237,22 @@ def task_examples(cond: Sequence[str], target: str, latents: Mapping[str, Sequen
             for i in range(len(latents[target]))]
 
 
-def drop_conditions(examples: Sequence[Example], p: float, generator: torch.Generator | None = None) -> list[Example]:
-    """Classifier-free guidance training: drop each example's `cond` segments together with probability p."""
+def drop_conditions(examples: Sequence[Example], p: float, generator: torch.Generator | None = None,
+                    each: bool = False) -> list[Example]:
+    """Classifier-free guidance training: drop each example's `cond` segments with probability p.
+
+    Together (default): all of an example's conditions go at once, which trains the one unconditional
+    variant that single-scale guidance uses. `each`: every cond segment is dropped on its own draw, which
+    also trains the one-condition-dropped variants that guidance with one scale per condition uses."""
     if p <= 0:
         return list(examples)
-    keep = torch.rand(len(examples), generator=generator) >= p
-    return [ex if k else [s for s in ex if s.role != "cond"] or ex for ex, k in zip(examples, keep.tolist())]
+    if not each:
+        keep = torch.rand(len(examples), generator=generator) >= p
+        return [ex if k else [s for s in ex if s.role != "cond"] or ex for ex, k in zip(examples, keep.tolist())]
+    out = []
+    for ex in examples:
+        conds = [j for j, s in enumerate(ex) if s.role == "cond"]
+        keep = (torch.rand(len(conds), generator=generator) >= p).tolist()
+        dropped = {j for j, k in zip(conds, keep) if not k}
+        out.append([s for j, s in enumerate(ex) if j not in dropped] or ex)
+    return out

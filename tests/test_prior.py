@@ -114,16 +114,27 @@ def test_one_time_per_block_from_each_codec_sampler():
 
 
 def test_loss_of_a_split_batch_equals_the_whole():
+    """Split over two "processes" of unequal token counts, the mean of their losses is the whole batch's loss."""
     prior = make_prior(torch.float64)
     examples = random_examples(random.Random(2), 8, torch.float64)
     samplers = {n: Uniform() for n in LAYOUT.names}
     noise = draw_noise(examples, LAYOUT, samplers, torch.Generator().manual_seed(0))
-    whole = prior_loss(prior, LAYOUT, examples, noise=noise, row_length=64)["loss"]
-    rows = prior_loss(prior, LAYOUT, examples, noise=noise)["loss"]  # other packing, same noise
-    assert torch.allclose(whole, rows, atol=1e-12)
-    halves = [prior_loss(prior, LAYOUT, examples[sl], noise=noise[sl])["loss"] for sl in (slice(0, 4), slice(4, 8))]
-    first_half = prior_loss(prior, LAYOUT, examples[:4], noise=draw_noise(examples, LAYOUT, samplers, torch.Generator().manual_seed(0))[:4])
-    assert torch.equal(halves[0], first_half["loss"])  # slicing the batch's noise is deterministic
+    whole = prior_loss(prior, LAYOUT, examples, noise=noise, row_length=64)
+    rows = prior_loss(prior, LAYOUT, examples, noise=noise)  # other packing, same noise
+    assert torch.allclose(whole["loss"], rows["loss"], atol=1e-12)
+    parts = (slice(0, 2), slice(2, 8))
+    counts = []  # each part's token counts, as the all-reduce would gather them
+    for sl in parts:
+        prior_loss(prior, LAYOUT, examples[sl], noise=noise[sl], mean_count=lambda c: counts.append(c) or c)
+    assert counts[0][0] != counts[1][0]  # the parts hold different numbers of tokens
+    mean = (counts[0] + counts[1]) / 2
+    split = [prior_loss(prior, LAYOUT, examples[sl], noise=noise[sl], mean_count=lambda c: mean) for sl in parts]
+    for name in whole:  # the total and every codec's loss: what DDP's mean over processes gives
+        assert torch.allclose((split[0][name] + split[1][name]) / 2, whole[name], atol=1e-12), name
+    naive = [prior_loss(prior, LAYOUT, examples[sl], noise=noise[sl])["loss"] for sl in parts]  # each part's own mean
+    assert abs(float(((naive[0] + naive[1]) / 2 - whole["loss"]).detach())) > 1e-3  # the mean of means weights tokens unequally
+    first = prior_loss(prior, LAYOUT, examples[:2], noise=draw_noise(examples, LAYOUT, samplers, torch.Generator().manual_seed(0))[:2])
+    assert torch.equal(naive[0], first["loss"])  # slicing the batch's noise is deterministic
 
 
 @pytest.mark.parametrize("block_positions", [0, 4])
@@ -168,6 +179,17 @@ def test_drop_conditions():
     kept = drop_conditions([ex] * 200, 0.25, torch.Generator().manual_seed(0))
     dropped = sum(len(e) == 1 for e in kept)
     assert 30 < dropped < 70 and all(e[-1].role == "target" for e in kept)
+
+
+def test_drop_conditions_each_drops_conditions_independently():
+    ex = [Segment("label", torch.zeros(1, 2), "cond"), Segment("image", torch.zeros(4, 6), "cond"), Segment("text", torch.zeros(2, 4))]
+    together = drop_conditions([ex] * 400, 0.5, torch.Generator().manual_seed(0))
+    assert {len(e) for e in together} == {1, 3}  # all conditions or none: one-condition variants never trained
+    each = drop_conditions([ex] * 400, 0.5, torch.Generator().manual_seed(0), each=True)
+    kinds = {tuple(s.codec for s in e) for e in each}
+    assert kinds == {("label", "image", "text"), ("label", "text"), ("image", "text"), ("text",)}
+    only_label = sum(tuple(s.codec for s in e) == ("label", "text") for e in each)
+    assert 70 < only_label < 130  # p(keep label, drop image) = 0.25 of 400
 
 
 # --------------------------------------------------------------------------------------------------
@@ -251,16 +273,16 @@ def mixed_prompts(dtype):
 def test_cached_generation_equals_uncached(guidance, solver, places):
     prior = make_prior(torch.float32, block_positions=places)
     kwargs = dict(target="text", num_tokens=8, steps=3, solver=solver, guidance=guidance)
-    a = generate_latents(prior, LAYOUT, mixed_prompts(torch.float32), use_cache=True, generator=torch.Generator().manual_seed(0), **kwargs)
-    b = generate_latents(prior, LAYOUT, mixed_prompts(torch.float32), use_cache=False, generator=torch.Generator().manual_seed(0), **kwargs)
+    a = generate_latents(prior, LAYOUT, mixed_prompts(torch.float32), use_cache=True, seed=0, **kwargs)
+    b = generate_latents(prior, LAYOUT, mixed_prompts(torch.float32), use_cache=False, seed=0, **kwargs)
     assert [x.shape for x in a] == [(8, 4)] * 3
     assert max(float((x - y).abs().max()) for x, y in zip(a, b)) <= 1e-5
 
 
 def test_cached_equals_uncached_over_many_blocks_without_a_prompt():
     prior = make_prior(torch.float64)
-    a = generate_latents(prior, LAYOUT, [[], []], "text", 15, steps=2, use_cache=True, generator=torch.Generator().manual_seed(0))
-    b = generate_latents(prior, LAYOUT, [[], []], "text", 15, steps=2, use_cache=False, generator=torch.Generator().manual_seed(0))
+    a = generate_latents(prior, LAYOUT, [[], []], "text", 15, steps=2, use_cache=True, seed=0)
+    b = generate_latents(prior, LAYOUT, [[], []], "text", 15, steps=2, use_cache=False, seed=0)
     assert max(float((x - y).abs().max()) for x, y in zip(a, b)) <= 1e-12
 
 
@@ -336,13 +358,13 @@ def test_block_positions_config_names_codec_roles():
 def test_generation_is_deterministic_and_repaint_keeps_prefix_context():
     prior = make_prior(torch.float64)
     prompts = mixed_prompts(torch.float64)
-    a = generate_latents(prior, LAYOUT, prompts, "text", 5, steps=2, generator=torch.Generator().manual_seed(1))
-    b = generate_latents(prior, LAYOUT, prompts, "text", 5, steps=2, generator=torch.Generator().manual_seed(1))
+    a = generate_latents(prior, LAYOUT, prompts, "text", 5, steps=2, seed=1)
+    b = generate_latents(prior, LAYOUT, prompts, "text", 5, steps=2, seed=1)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     # The given prefix conditions the output: change it and the continuation changes.
     changed = [list(p) for p in prompts]
     changed[2] = [Segment("text", prompts[2][0].latents + 1.0, "target")]
-    c = generate_latents(prior, LAYOUT, changed, "text", 5, steps=2, generator=torch.Generator().manual_seed(1))
+    c = generate_latents(prior, LAYOUT, changed, "text", 5, steps=2, seed=1)
     assert torch.equal(a[0], c[0]) and not torch.allclose(a[2], c[2])
 
 

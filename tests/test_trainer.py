@@ -19,8 +19,8 @@ from latentbridge.config import load_config
 from latentbridge.errors import CheckpointError, ConfigError
 from latentbridge.train.experiment import train
 from latentbridge.plugins import build_registries, make_plugin_manager
-from latentbridge.train.checkpoint import PAUSE_ENV, latest_checkpoint
-from latentbridge.train.trainer import STEP_PAUSE_ENV, TrainingError
+from latentbridge.train.checkpoint import PAUSE_ENV, latest_checkpoint, load_checkpoint
+from latentbridge.train.trainer import STEP_PAUSE_ENV, Trainer, TrainingError, ema_avg_fn
 
 ROOT = Path(__file__).parents[1]
 CONFIG = ROOT / "configs" / "toy_label_to_vector.yaml"
@@ -39,15 +39,15 @@ def losses(run_dir: Path, stage: str = "prior") -> dict[int, float]:
     return {r["step"]: r["loss"] for r in rows if r["stage"] == stage}
 
 
-def logged_steps(run_dir: Path) -> int:
-    """The last prior step a running training has logged (-1: none yet); a line still being written is skipped."""
+def logged_steps(run_dir: Path, stage: str = "prior") -> int:
+    """The last step of `stage` a running training has logged (-1: none yet); a line still being written is skipped."""
     path, last = run_dir / "metrics.jsonl", -1
     for line in path.read_text().splitlines() if path.exists() else []:
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if row.get("stage") == "prior":
+        if row.get("stage") == stage:
             last = max(last, row["step"])
     return last
 
@@ -73,6 +73,25 @@ def wait_for(condition, proc: subprocess.Popen, timeout: float = 120.0) -> None:
         time.sleep(0.05)
 
 
+def tensors(tree) -> dict[str, torch.Tensor]:
+    """Every tensor of a nested state (dicts and lists), keyed by its path."""
+    if isinstance(tree, torch.Tensor):
+        return {"": tree}
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, (list, tuple)) else []
+    return {f"{k}/{sub}": t for k, v in items for sub, t in tensors(v).items()}
+
+
+def assert_same_checkpoint(run_a: Path, run_b: Path, atol: float = 0.0) -> None:
+    """Model, EMA and optimizer state equal: bit for bit (atol 0), or within atol (other summation orders)."""
+    a, b = (load_checkpoint(latest_checkpoint(r / "checkpoints")) for r in (run_a, run_b))
+    for part in ("model", "ema", "optimizer"):
+        ta, tb = tensors(a[part]), tensors(b[part])
+        assert ta.keys() == tb.keys() and ta, part
+        same = (lambda x, y: torch.equal(x, y)) if atol == 0 else (lambda x, y: torch.allclose(x.double(), y.double(), atol=atol, rtol=0))
+        different = [k for k in ta if not same(ta[k], tb[k])]
+        assert not different, f"{part}: {different[:5]}"
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, reg) -> Path:
     run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
@@ -92,6 +111,7 @@ def test_sigkill_mid_training_then_resume_logs_the_same_losses(tmp_path, uninter
     got, want = losses(run_dir), losses(uninterrupted)
     assert sorted(got) == sorted(want) == list(range(30))
     assert max(abs(got[s] - want[s]) for s in want) <= 1e-6
+    assert_same_checkpoint(run_dir, uninterrupted)  # model, EMA and optimizer bit for bit, not only the logged losses
 
 
 @pytest.mark.slow
@@ -107,6 +127,7 @@ def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, uni
     assert not any(ckpts.glob(".tmp-*"))
     got, want = losses(run_dir), losses(uninterrupted)
     assert max(abs(got[s] - want[s]) for s in want) <= 1e-6
+    assert_same_checkpoint(run_dir, uninterrupted)
     assert sorted(p.name for p in ckpts.glob("step_*")) == ["step_0000010", "step_0000020", "step_0000030"]
 
 
@@ -122,6 +143,24 @@ def test_two_processes_match_one(tmp_path):
     a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert sorted(a) == sorted(b) == list(range(8))
     assert max(abs(a[s] - b[s]) / abs(a[s]) for s in a) <= 1e-5  # same global batch, summed in another order
+
+
+@pytest.mark.slow
+def test_two_processes_weight_variable_length_texts_as_one(tmp_path):
+    """Real texts of different lengths: each process holds another number of tokens. The loss (and so the update)
+    must be the whole batch's per-token mean, not the mean of the processes' means."""
+    config = ROOT / "tests" / "configs" / "text_two_processes.yaml"
+    common = ["--no-progress"]
+    one = subprocess.run([str(BIN / "latentbridge"), "train", str(config), "--run-dir", str(tmp_path / "one"), *common],
+                         env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([str(BIN / "torchrun"), "--nproc_per_node", "2", "-m", "latentbridge", "train", str(config),
+                          "--run-dir", str(tmp_path / "two"), *common], env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert sorted(a) == sorted(b) == list(range(6))
+    assert max(abs(a[s] - b[s]) / abs(a[s]) for s in a) <= 1e-5
+    assert_same_checkpoint(tmp_path / "one", tmp_path / "two", atol=1e-5)  # the same updates, so the same weights
 
 
 def test_checkpoint_layout_and_retention(uninterrupted):
@@ -240,3 +279,114 @@ def test_latent_cache_gives_the_same_losses_and_is_reused(tmp_path, reg):
     assert [p.stat().st_mtime_ns for p in shards] == stamp  # same codec and data: read, not rewritten
     with pytest.raises(ConfigError, match="cache_latents needs a finite data set"):
         train(load_config(CONFIG, SMALL + ["--train.cache_latents=true"]), tmp_path / "ring", reg=reg, progress=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# EMA: warm-up, where it lives, what samples and what a codec pre-stage keeps
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("warmup", [True, False])
+def test_ema_warmup_lets_the_first_steps_weights_fade(warmup):
+    from torch.optim.swa_utils import AveragedModel
+
+    w = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        w.weight.fill_(0.0)  # the first step's weights: 0, then 1 for the next 1,199 steps
+    ema = AveragedModel(w, multi_avg_fn=ema_avg_fn(0.998, warmup))
+    ema.update_parameters(w)
+    with torch.no_grad():
+        w.weight.fill_(1.0)
+    for _ in range(1199):
+        ema.update_parameters(w)
+    share_of_first = 1.0 - float(ema.module.weight.detach())
+    if warmup:
+        assert share_of_first < 1e-6
+    else:
+        assert abs(share_of_first - 0.998**1199) < 1e-4  # 9%: what the issue measured without warm-up
+
+
+def test_ema_follows_the_weights_where_prepare_puts_them(monkeypatch, reg):
+    """prepare() moves the model (to the accelerator); an EMA made before it would stay behind on the host.
+    Here prepare casts to float64, standing in for the move, so the order shows on a CPU-only machine."""
+    from accelerate import Accelerator
+
+    prepare = Accelerator.prepare
+
+    def moving_prepare(self, *objects):
+        for obj in objects:
+            if isinstance(obj, torch.nn.Module):
+                obj.double()
+        return prepare(self, *objects)
+
+    monkeypatch.setattr(Accelerator, "prepare", moving_prepare)
+    cfg = load_config(CONFIG, SMALL)
+    from latentbridge.build import build_codecs
+    from latentbridge.tasks import tasks_of
+
+    codecs = build_codecs(cfg, reg)
+    trainer = Trainer(cfg, "unused", codecs, lambda *a: None, tasks=tasks_of(cfg, reg), checkpoints=False, progress=False)
+    dtypes = {p.dtype for p in trainer.ema.module.parameters()}
+    assert dtypes == {torch.float64} == {p.dtype for p in trainer.module.trainable.parameters()}
+
+
+def test_sampling_uses_the_ema_weights(uninterrupted, reg):
+    from latentbridge.pipeline import Pipeline
+
+    ckpt = load_checkpoint(latest_checkpoint(uninterrupted / "checkpoints"))
+    prior = Pipeline.from_pretrained(uninterrupted, reg).prior.state_dict()
+    ema = {k.removeprefix("module.prior."): v for k, v in ckpt["ema"].items() if k.startswith("module.prior.")}
+    raw = {k.removeprefix("prior."): v for k, v in ckpt["model"].items() if k.startswith("prior.")}
+    assert prior.keys() == ema.keys() == raw.keys()
+    assert all(torch.equal(prior[k], ema[k]) for k in prior)
+    assert not all(torch.equal(prior[k], raw[k]) for k in prior)  # the raw weights differ: EMA is what samples
+
+
+def test_codec_pre_stage_keeps_its_ema_weights(tmp_path, monkeypatch, reg):
+    seen = {}
+    fit = Trainer.fit
+
+    def spy(self):
+        rows = fit(self)
+        if self.stage == "codec":  # the pre-stage's raw and EMA weights as training left them
+            seen[self.role] = ({k: v.clone() for k, v in self.module.trainable.state_dict().items()},
+                               {k: v.clone() for k, v in self.ema_weights().items()})
+        return rows
+
+    monkeypatch.setattr(Trainer, "fit", spy)
+    run_dir = tmp_path / "run"
+    train(load_config(CONFIG, SMALL + ["--train.steps=2", "--train.checkpoint_every=2"]), run_dir, reg=reg, progress=False)
+    assert set(seen) == {"label", "point"}
+    for role, (raw, ema) in seen.items():
+        saved = reg.codecs.load(run_dir / "codecs" / role).state_dict()
+        ema = {k.removeprefix("codec."): v for k, v in ema.items()}
+        raw = {k.removeprefix("codec."): v for k, v in raw.items()}
+        weights = [k for k in saved if k in ema and saved[k].is_floating_point() and "stats" not in k]
+        assert weights and all(torch.equal(saved[k], ema[k]) for k in weights), role
+        assert not all(torch.equal(saved[k], raw[k]) for k in weights), role  # and not the raw weights
+
+
+@pytest.mark.slow
+def test_joint_resume_keeps_stage_one_and_samples_with_the_checkpoints_codec(tmp_path, reg):
+    from latentbridge.runs import load_run
+
+    joint = ["--train.stage=joint", "--train.codec_role=label", "--train.steps=20"]
+    whole = tmp_path / "whole"
+    train(load_config(CONFIG, SMALL + joint), whole, reg=reg, progress=False)
+    part = tmp_path / "part"  # killed after its step-10 checkpoint, before the end of the stage writes codecs/label
+    proc = start_training(part, *joint, env={STEP_PAUSE_ENV: "0.3"})
+    wait_for(lambda: logged_steps(part, "joint") >= 12, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert latest_checkpoint(part / "checkpoints").name == "step_0000010" and not (part / "codecs" / "label").exists()
+    ckpt = load_checkpoint(latest_checkpoint(part / "checkpoints"))
+    codec = load_run(part, reg).codecs["label"].state_dict()  # the unfinished run samples with the checkpoint's codec
+    ema = {k.removeprefix("module.codec."): v for k, v in ckpt["ema"].items() if k.startswith("module.codec.")}
+    stage1 = reg.codecs.load(part / "stage1" / "label").state_dict()
+    assert all(torch.equal(codec[k], ema[k]) for k in ema)
+    assert not all(torch.equal(codec[k], stage1[k]) for k in ema)  # the joint stage moved it away from stage 1
+    codec_rows = sum(json.loads(line)["stage"] == "codec" for line in (part / "metrics.jsonl").read_text().splitlines())
+    train(load_config(CONFIG, SMALL + joint), part, reg=reg, resume=True, progress=False)  # no second codec pre-stage
+    assert sum(json.loads(line)["stage"] == "codec" for line in (part / "metrics.jsonl").read_text().splitlines()) == codec_rows
+    assert max(abs(losses(part, "joint")[s] - losses(whole, "joint")[s]) for s in range(20)) <= 1e-6
+    assert_same_checkpoint(part, whole)

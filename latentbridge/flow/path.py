@@ -16,14 +16,20 @@ def velocity_target(z0: Tensor, eps: Tensor) -> Tensor:
     return eps - z0
 
 
-def flow_matching_loss(pred: Tensor, target: Tensor, mask: Tensor, channel_mask: Tensor | None = None) -> Tensor:
-    """Mean squared error over the masked tokens (and valid channels).
+def flow_matching_sums(pred: Tensor, target: Tensor, mask: Tensor, channel_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Sum of squared errors over the masked tokens (and valid channels), and how many entries it sums (fp32).
 
     pred, target: [B, L, D]; mask: [B, L] bool (noisy target tokens); channel_mask: [B, L, D] bool
     where codecs of different widths share one padded channel axis.
     """
-    weight = mask.unsqueeze(-1).to(pred.dtype)  # [B, L, 1]
+    weight = mask.unsqueeze(-1).float()  # [B, L, 1]
     if channel_mask is not None:
-        weight = weight * channel_mask.to(pred.dtype)
+        weight = weight * channel_mask.float()
     sq = (pred.float() - target.float()).pow(2) * weight
-    return sq.sum() / weight.expand_as(sq).sum().clamp_min(1.0)
+    return sq.sum(), weight.expand_as(sq).sum()
+
+
+def flow_matching_loss(pred: Tensor, target: Tensor, mask: Tensor, channel_mask: Tensor | None = None) -> Tensor:
+    """Mean squared error over the masked tokens (and valid channels); see flow_matching_sums."""
+    total, count = flow_matching_sums(pred, target, mask, channel_mask)
+    return total / count.clamp_min(1.0)

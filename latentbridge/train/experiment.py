@@ -44,6 +44,16 @@ def gather_role(parts: list, mix: TaskMixture, role: str, codec: Codec) -> list:
     return out
 
 
+def stage1_dir(run_dir: Path, role: str) -> Path:
+    """Where a joint run keeps its own codec as the codec stage left it (the joint stage's KL anchor)."""
+    return Path(run_dir) / "stage1" / role
+
+
+def codec_weights(weights: dict[str, Any]) -> dict[str, Any]:
+    """The codec's part of a trainer's weights (keys codec.*), keyed as the codec's own state_dict."""
+    return {k.removeprefix("codec."): v for k, v in weights.items() if k.startswith("codec.")}
+
+
 def train(cfg: ExperimentConfig, run_dir: str | Path, *, reg: Registries | None = None, resume: bool = False,
           init_from: str | Path | None = None, progress: bool = True):
     """Codec pre-stage for trainable codecs without weights, then the configured stage, through the Trainer.
@@ -90,7 +100,7 @@ def train(cfg: ExperimentConfig, run_dir: str | Path, *, reg: Registries | None 
     if stage in ("codec", "joint") and not own:
         raise ConfigError(f"train.stage={stage} trains one codec: set train.codec_role to its role.")
 
-    def finish_codec(role: str) -> None:  # fit the stats of a codec trained here, keep it in the run directory
+    def finish_codec(role: str, directory: Path) -> None:  # fit the stats of a codec trained here, keep it in the run
         codec = codecs[role]
         if not cfg.codecs[role].pretrained:
             if mixture:
@@ -98,11 +108,13 @@ def train(cfg: ExperimentConfig, run_dir: str | Path, *, reg: Registries | None 
             else:
                 items = source.stats_sample(4096)[source.field(codec.modality, role)]
             codec.fit_stats([codec.collate(items[i : i + 256]) for i in range(0, len(items), 256)])
-        codec.save_pretrained(run_dir / "codecs" / role)
+        codec.save_pretrained(directory)
 
     for role, codec in codecs.items():  # codec pre-stage: trainable codecs without weights, except the stage's own
-        saved = run_dir / "codecs" / role
-        if resume and (saved / "codec.json").exists() and role != own:
+        # the joint stage's own codec keeps its stage-1 weights apart (stage1/<role>/): the joint checkpoints hold
+        # the codec as the joint stage changes it, and a resume must start from stage 1 again, not retrain it
+        saved = stage1_dir(run_dir, role) if stage == "joint" and role == own else run_dir / "codecs" / role
+        if resume and (saved / "codec.json").exists() and not (stage == "codec" and role == own):
             codecs[role] = reg.codecs.load(saved).freeze()
             continue
         if role == own and stage == "codec":
@@ -110,11 +122,13 @@ def train(cfg: ExperimentConfig, run_dir: str | Path, *, reg: Registries | None 
         slot = cfg.codecs[role]
         steps = cfg.train.codec_steps if slot.steps is None else slot.steps
         if codec.trainable and not slot.pretrained and steps:
-            Trainer(cfg, run_dir, codecs, codec_batches(role), stage="codec", role=role, steps=steps, tasks=tasks,
-                    lr=slot.lr or cfg.train.codec_lr, batch_size=slot.batch_size, progress=progress and mixture,
-                    checkpoints=False).fit()
+            pre = Trainer(cfg, run_dir, codecs, codec_batches(role), stage="codec", role=role, steps=steps, tasks=tasks,
+                          lr=slot.lr or cfg.train.codec_lr, batch_size=slot.batch_size, progress=progress and mixture,
+                          checkpoints=False)
+            pre.fit()
+            codec.load_state_dict(codec_weights(pre.ema_weights()), strict=True)  # what it samples with: the EMA
         codec.freeze()
-        finish_codec(role)
+        finish_codec(role, saved)
     caches = {}
     if cfg.train.cache_latents and stage != "codec":
         if mixture:
@@ -144,9 +158,9 @@ def train(cfg: ExperimentConfig, run_dir: str | Path, *, reg: Registries | None 
     trainer.fit()
     weights = trainer.ema_weights()
     if own is not None:
-        codecs[own].load_state_dict({k.removeprefix("codec."): v for k, v in weights.items() if k.startswith("codec.")}, strict=True)
+        codecs[own].load_state_dict(codec_weights(weights), strict=True)
         codecs[own].freeze()
-        finish_codec(own) if stage == "codec" else codecs[own].save_pretrained(run_dir / "codecs" / own)
+        finish_codec(own, run_dir / "codecs" / own) if stage == "codec" else codecs[own].save_pretrained(run_dir / "codecs" / own)
     if stage == "codec":
         return codecs, None, None
     prior = BlockCausalDiT(trainer.prior_config)

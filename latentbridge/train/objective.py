@@ -11,12 +11,13 @@ exactly the noise it would see in one process, whatever the packing.
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, Sequence
+import contextlib
+from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
-from latentbridge.flow import TimeSampler, flow_matching_loss, interpolate, velocity_target
+from latentbridge.flow import TimeSampler, flow_matching_sums, interpolate, velocity_target
 from latentbridge.prior import BlockCausalDiT
 from latentbridge.sequence import Example, SequenceLayout, drop_conditions, pack
 
@@ -83,6 +84,7 @@ def prior_loss(
     generator: torch.Generator | None = None,
     clean_grad: bool = False,
     unread_clean: bool = False,
+    mean_count: Callable[[Tensor], Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """Flow-matching loss on the noisy copies: {"loss": total, "loss/<codec>": per codec stream}.
 
@@ -91,6 +93,12 @@ def prior_loss(
     stop-gradient (Cola DLM's joint stage): gradients reach the latents only through the noisy copy.
     The clean copies no noisy token reads (each example's last target block) are left out of the
     packed rows -- a third of the tokens when the target is one block -- unless `unread_clean`.
+
+    Each loss is a sum of squared errors over target tokens and channels divided by their count. With several
+    processes each holding part of a global batch, pass `mean_count`: it maps this process's counts to the mean
+    count per process over all of them (an all-reduce / world size). Then every process divides its sum by the
+    same number, and the mean DDP takes over processes is the loss of the whole batch per token -- not a mean of
+    per-process means, which weights a process's tokens by how few it holds.
     """
     if noise is None:
         examples = drop_conditions(examples, cond_dropout, generator)
@@ -111,11 +119,20 @@ def prior_loss(
     target = velocity_target(z0, eps)
     pred = prior(x, t, packed.codec, packed.meta)
     mask = packed.loss_mask
-    out = {"loss": flow_matching_loss(pred, target, mask, packed.channel_mask)}
+    masks = {"loss": mask}
     if len(layout.names) > 1:
-        with torch.no_grad():
-            for name, cid in layout.ids.items():
-                m = mask & (packed.codec == cid)
-                if bool(m.any()):
-                    out[f"loss/{name}"] = flow_matching_loss(pred, target, m, packed.channel_mask)
+        masks.update({f"loss/{name}": mask & (packed.codec == cid) for name, cid in layout.ids.items()})
+    sums, counts = [], []
+    for name, m in masks.items():
+        with contextlib.nullcontext() if name == "loss" else torch.no_grad():
+            total, count = flow_matching_sums(pred, target, m, packed.channel_mask)
+        sums.append(total)
+        counts.append(count)
+    counts_t = torch.stack(counts)
+    if mean_count is not None:
+        counts_t = mean_count(counts_t)
+    out = {}
+    for (name, m), total, count in zip(masks.items(), sums, counts_t):
+        if name == "loss" or bool(m.any()) or mean_count is not None:  # a codec absent here may be present elsewhere
+            out[name] = total / count.clamp_min(1.0)
     return out

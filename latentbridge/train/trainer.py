@@ -30,7 +30,8 @@ import torch
 import yaml
 from accelerate import Accelerator
 from torch import Tensor, nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch import distributed as dist
+from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from latentbridge import __version__
@@ -113,10 +114,10 @@ class StageLoss(nn.Module):
         examples = []
         for task, batch in parts:  # the global batch, so every process draws the same posterior samples
             examples += task.examples({r: self._latents(r, batch[r], gen) for r in task.roles})
-        examples = drop_conditions(examples, cfg.train.cond_dropout, gen)
+        examples = drop_conditions(examples, cfg.train.cond_dropout, gen, each=cfg.train.cond_dropout_mode == "each")
         noise = draw_noise(examples, self.layout, self.samplers, gen)
         out = prior_loss(self.trainable["prior"], self.layout, examples[rank_slice], noise=noise[rank_slice],
-                         row_length=cfg.train.row_length)
+                         row_length=cfg.train.row_length, mean_count=_mean_over_processes if _world() > 1 else None)
         if self.stage == "joint":
             codec, mine = self.codecs[self.role], _take(items[self.role], rank_slice)
             own = codec.loss(mine)
@@ -126,6 +127,32 @@ class StageLoss(nn.Module):
             out = {"loss": out["loss"] + t.joint_codec_weight * own["loss"] + t.joint_kl_weight * drift, "flow": out["loss"],
                    "kl_to_stage1": drift, **{f"codec/{k}": v for k, v in own.items()}}
         return out
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _mean_over_processes(x: Tensor) -> Tensor:
+    """The mean of x over the processes (all-reduced): each process divides its loss sum by the same count."""
+    x = x.detach().clone()
+    dist.all_reduce(x, op=dist.ReduceOp.SUM)
+    return x / dist.get_world_size()
+
+
+def ema_avg_fn(decay: float, warmup: bool) -> Callable[[list[Tensor], list[Tensor], Tensor], None]:
+    """AveragedModel's multi_avg_fn: ema <- d ema + (1 - d) w, with d = min(decay, (1 + n) / (10 + n)) when warming up.
+
+    n counts the updates averaged so far (AveragedModel copies the weights at the first one). Without warm-up the
+    weights of that first step keep a share decay^(steps - 1) of the EMA for good."""
+
+    @torch.no_grad()
+    def update(ema_params: list[Tensor], params: list[Tensor], num_averaged: Tensor) -> None:
+        n = int(num_averaged)
+        d = min(decay, (1 + n) / (10 + n)) if warmup else decay
+        torch._foreach_lerp_(ema_params, params, 1.0 - d)
+
+    return update
 
 
 def _take(batch: Any, sl: slice) -> Any:
@@ -173,10 +200,12 @@ class Trainer:
             torch.manual_seed(cfg.seed)
             prior = BlockCausalDiT(self.prior_config)
         self.module = StageLoss(self.stage, cfg, codecs, prior, self.layout, self.role, tasks or [])
-        self.ema = AveragedModel(self.module.trainable, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True) if t.ema_decay > 0 else None
         opt = torch.optim.AdamW(self.module.trainable.parameters(), lr=self.lr, betas=t.betas, weight_decay=t.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_schedule(s, t.warmup_steps, self.steps))
         self.wrapped, self.optimizer = self.acc.prepare(self.module, opt)
+        # after prepare: the EMA copies the weights where prepare put them (on the accelerator, not the host)
+        self.ema = AveragedModel(self.module.trainable, multi_avg_fn=ema_avg_fn(t.ema_decay, t.ema_warmup), use_buffers=True) \
+            if t.ema_decay > 0 else None
         self.start_step = 0
         self.resumed_from: Path | None = None
         if resume:

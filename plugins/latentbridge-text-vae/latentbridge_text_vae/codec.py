@@ -30,6 +30,7 @@ import dataclasses
 import hashlib
 import json
 import random
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -57,6 +58,8 @@ class TextItem:
     """[PAD] tokens before the text (0..p-1): where latent boundaries fall."""
     end: bool = True
     """Append [EOS] (a whole text); False for a prompt that generation continues."""
+    ids: list[int] | None = None
+    """Token ids to use instead of tokenizing `text` (a prompt cut to its last tokens)."""
 
 
 @dataclasses.dataclass
@@ -162,17 +165,21 @@ class TextVAE(Codec):
         raise CodecOutputError(f"codec 'text-vae' encodes str or TextItem items, got {type(item).__name__}")
 
     def token_ids(self, item: Any) -> list[int]:
-        """The token grid of one item: phase [PAD]s, text tokens, [EOS], [PAD]s to a whole latent; cut at max_tokens."""
+        """The token grid of one item: phase [PAD]s, text tokens, [EOS], [PAD]s to a whole latent.
+
+        A text longer than max_tokens is cut there *without* [EOS]: it does not end where it is cut, so the
+        prior must not learn that it does."""
         it, c = self._item(item), self.config
         p = c.tokens_per_latent
-        ids = self.tokenizer(it.text, add_special_tokens=False)["input_ids"]
+        ids = list(it.ids) if it.ids is not None else self.tokenizer(it.text, add_special_tokens=False)["input_ids"]
         ids = [self.pad_id] * it.phase + ids
-        if it.end:
-            ids = ids[: c.max_tokens - 1] + [self.eos_id]
+        ended = it.end and len(ids) < c.max_tokens
+        if ended:
+            ids = ids + [self.eos_id]
         ids = ids[: c.max_tokens]
         if not ids:
             raise CodecOutputError("codec 'text-vae': an empty prompt has no latents; give at least one token of text")
-        if it.end and c.fill_block:
+        if ended and c.fill_block:
             return ids + [self.eos_id] * (-len(ids) % (p * c.block_size))
         return ids + [self.pad_id] * (-len(ids) % p)
 
@@ -213,17 +220,29 @@ class TextVAE(Codec):
         out = []
         for item, phase in zip(items, phases):
             it = self._item(item)
-            out.append(TextItem(it.text, phase, it.end))
+            out.append(TextItem(it.text, phase, it.end, it.ids))
         return out
 
     def encode_prompt(self, items: Sequence[Any]) -> Latents:
-        """Prompts aligned to end on a latent boundary (phase = -len mod p), without [EOS]."""
+        """Prompts aligned to end on a latent boundary (phase = -len mod p), without [EOS].
+
+        A prompt keeps at most its last max_tokens - p tokens (the continuation must follow the prompt's end, and
+        start inside the length the codec was trained on); a longer one is cut at its start, with a warning."""
         p = self.config.tokens_per_latent
-        aligned = []
-        for item in items:
+        limit = self.config.max_tokens - p
+        aligned, cut = [], []
+        for i, item in enumerate(items):
             text = self._item(item).text
-            n = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-            aligned.append(TextItem(text, phase=-n % p, end=False))
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            if len(ids) > limit:
+                cut.append((i, len(ids)))
+                ids = ids[-limit:]
+            aligned.append(TextItem(text, phase=-len(ids) % p, end=False, ids=ids))
+        if cut:
+            shown = ", ".join(f"#{i} ({n} tokens)" for i, n in cut[:5]) + (" ..." if len(cut) > 5 else "")
+            warnings.warn(f"text-vae: {len(cut)} prompt(s) longer than {limit} tokens keep only their last {limit} "
+                          f"(max_tokens {self.config.max_tokens} - tokens_per_latent {p}): {shown}. Train the codec with "
+                          "a larger max_tokens to keep more context.", stacklevel=2)
         return self.encode_items(aligned)
 
     # ---- encoder / decoder -----------------------------------------------------------------------------

@@ -84,5 +84,10 @@ class Transformer(nn.Module):
 
 
 def block_mask(query_block: Tensor, key_block: Tensor, key_valid: Tensor) -> Tensor:
-    """[B, Lq] and [B, Lk] block ids, [B, Lk] valid keys -> [B, 1, Lq, Lk]: key block <= query block, key valid."""
-    return ((key_block[:, None, :] <= query_block[:, :, None]) & key_valid[:, None, :])[:, None]
+    """[B, Lq] and [B, Lk] block ids, [B, Lk] valid keys -> [B, 1, Lq, Lk]: key block <= query block, key valid.
+
+    A query with no such key (padding of a sample with no valid token, e.g. an empty prefix beside longer ones)
+    sees every key instead: an attention row with nothing to attend to is NaN on some GPU kernels. Such a
+    query's output is padding, and no valid query reads it (its key is invalid)."""
+    mask = (key_block[:, None, :] <= query_block[:, :, None]) & key_valid[:, None, :]
+    return (mask | ~mask.any(dim=-1, keepdim=True))[:, None]
