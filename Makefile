@@ -12,7 +12,7 @@ APT_PACKAGES := wordnet-base fortunes fortunes-min wamerican fonts-noto-color-em
 RUN := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PATH="$(CURDIR)/$(BIN):$$PATH"
 PIP := $(BIN)/pip --disable-pip-version-check
 
-.PHONY: setup system-packages demo test clean
+.PHONY: setup system-packages demo test test-fast clean
 
 setup: system-packages $(STAMP)
 
@@ -49,6 +49,11 @@ demo: setup
 test: setup
 	$(RUN) $(BIN)/lint-imports
 	$(RUN) $(BIN)/python -m pytest -q
+
+# The fast tier: everything not marked slow (the slow tier -- tiny end-to-end trainings -- runs in `make test` and CI).
+test-fast: setup
+	$(RUN) $(BIN)/lint-imports
+	$(RUN) $(BIN)/python -m pytest -q -m "not slow"
 
 clean:
 	rm -rf $(VENV) build *.egg-info plugins/*/*.egg-info .pytest_cache

@@ -296,8 +296,10 @@ class Pipeline:
     targets (an image, fixed-length audio) are generated block by block to their length; variable-length
     targets (text) until their end marker or `max_tokens` latents, each continuing its `prompts` item if
     given (the prompt ends inside a block: its given positions are pinned, see generate_latents).
-    Deterministic under `seed`; batched (`batch_size`); a progress bar with `progress`. The CLI, the
-    evaluators and the tests all generate through `generate`.
+    Deterministic under `seed`, and each item depends only on `seed` and its place in the call, not on
+    `batch_size` or the other items of its batch; a progress bar with `progress`. What guidance compares against is
+    `sampling.unconditional` (see generate_latents). The CLI, the evaluators and the tests all generate through
+    `generate`.
     """
 
     def __init__(self, cfg: ExperimentConfig, codecs: dict[str, Codec], prior: BlockCausalDiT, layout: SequenceLayout,

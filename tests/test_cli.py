@@ -97,8 +97,28 @@ def test_config_show_resolves_codec_configs():
         (("codecs", "check", "label", "--num_classes=many"), ("num_classes: expected int",)),
     ],
 )
-def test_bad_input_gives_one_line_naming_the_fix(args, fragments):
-    assert_clean_error(run(*args), *fragments)
+def test_bad_input_gives_one_line_naming_the_fix(args, fragments, autoload_plugins, capsys):
+    """In process (main() is what the console script runs), so the table costs milliseconds a case; the console
+    script itself gives the same line (test_the_console_script_gives_the_same_error_line)."""
+    assert_clean_error(in_process(capsys, *args), *fragments)
+
+
+def in_process(capsys, *args: str) -> subprocess.CompletedProcess:
+    from latentbridge.cli import main
+
+    try:
+        code = main(list(args))
+    except SystemExit as err:  # argparse's own errors
+        code = err.code
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, out.out, out.err)
+
+
+def test_the_console_script_gives_the_same_error_line(autoload_plugins, capsys):
+    args = ("config", "show", "configs/toy_label_to_vector.yaml", "--data.name=gausian_ring")
+    proc = run(*args)
+    assert_clean_error(proc, "Did you mean 'gaussian_ring'?")
+    assert proc.stderr == in_process(capsys, *args).stderr
 
 
 def test_help_on_each_command_and_module_entry():

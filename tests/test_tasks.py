@@ -102,6 +102,7 @@ def test_examples_put_conditions_first_as_clean_context():
         t.examples({"text": [torch.zeros(3, 4)], "image": [torch.ones(5, 4), torch.zeros(5, 4)]})
 
 
+@pytest.mark.slow
 def test_mixture_batches_hold_each_tasks_share_from_its_own_data(autoload_plugins):
     cfg = load_config("configs/demo.yaml", ["--data.config.scenes=40"])
     mix = TaskMixture(tasks_of(cfg), cfg.seed)

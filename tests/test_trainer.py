@@ -263,6 +263,7 @@ def test_joint_stage_trains_codec_and_prior(tmp_path, reg):
     assert prior is not None and codecs["label"].trainable
 
 
+@pytest.mark.slow
 def test_latent_cache_gives_the_same_losses_and_is_reused(tmp_path, reg):
     ring_points = torch.randn(500, 2, generator=torch.Generator().manual_seed(0)) * 2
     data = tmp_path / "data.safetensors"

@@ -71,7 +71,7 @@ def test_caption_to_image_trains_samples_and_reports(tmp_path, autoload_plugins,
     b = pipe.generate({"caption": captions}, guidance=2.0, seed=3, steps=2, batch_size=2)
     assert len(a) == 3 and a[0].shape == (32, 32, 3) and a[0].dtype == np.uint8
     assert all(np.array_equal(x, y) for x, y in zip(a, pipe.generate({"caption": captions}, guidance=2.0, seed=3, steps=2)))
-    assert len(b) == 3
+    assert len(b) == 3 and max(int(np.abs(x.astype(int) - y.astype(int)).max()) for x, y in zip(a, b)) <= 1  # 2 + 1: the same images
     with pytest.raises(ConfigError, match="has no task caption -> caption"):
         pipe.generate({"caption": captions}, target="caption")
     with pytest.raises(ConfigError, match="does not have"):

@@ -56,7 +56,7 @@ def test_pipeline_generates_all_four_directions_deterministically(run):
     again = pipe.generate({"text": ["a big owl", "a handwritten digit two", "a big owl"]}, target="image", seed=1, batch_size=2)
     assert all(np.array_equal(a, b) for a, b in zip(images, pipe.generate({"text": ["a big owl", "a handwritten digit two", "a big owl"]},
                                                                         target="image", seed=1)))
-    assert len(again) == 3
+    assert max(int(np.abs(a.astype(int) - b.astype(int)).max()) for a, b in zip(images, again)) <= 1  # batches of 2 + 1: the same images
     captions = pipe.generate({"image": images}, max_tokens=16)  # the target follows from the conditions
     assert len(captions) == 3 and all(isinstance(c, str) for c in captions)
     waves = pipe.generate({"text": ["harbour", "Oslo"]}, target="speech", guidance=2.0)

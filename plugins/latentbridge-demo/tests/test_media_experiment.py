@@ -43,6 +43,7 @@ def audio_run(tmp_path_factory, autoload_plugins):
     mp.undo()
 
 
+@pytest.mark.slow
 def test_image_codec_stage_reports_held_out_and_photos_and_writes_grids(image_run):
     report = json.loads((image_run / "report.json").read_text())["codecs"]["image"]
     assert report["codec"] == "image-vae" and report["train_steps"] == 2
@@ -58,6 +59,7 @@ def test_image_codec_stage_reports_held_out_and_photos_and_writes_grids(image_ru
             assert grid.shape[0] >= 4 * 32 and grid.ndim == 3 and len(list(folder.glob("0*.png"))) == 8  # upscaled
 
 
+@pytest.mark.slow
 def test_audio_codec_stage_reports_held_out_and_recordings_and_writes_wavs(audio_run):
     report = json.loads((audio_run / "report.json").read_text())["codecs"]["audio"]
     assert report["codec"] == "audio-vae"
@@ -72,6 +74,7 @@ def test_audio_codec_stage_reports_held_out_and_recordings_and_writes_wavs(audio
     assert sr == 16000 and wave.ndim == 1 and len(wave) > 8000
 
 
+@pytest.mark.slow
 def test_reconstruct_a_saved_codec_on_your_own_files(image_run, audio_run, tmp_path, capsys):
     from PIL import Image
 
@@ -100,6 +103,7 @@ def test_reconstruct_refuses_what_is_not_a_codec(tmp_path, capsys):
     assert "neither a saved codec" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_reconstruct_a_saved_codec_needs_files_or_a_data_set(image_run, tmp_path, capsys):
     assert main(["reconstruct", str(image_run / "codecs" / "image"), "--out", str(tmp_path / "x")]) == 2
     assert "--files (your files) or --data NAME" in capsys.readouterr().err

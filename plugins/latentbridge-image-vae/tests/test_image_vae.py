@@ -87,6 +87,7 @@ def test_bad_input_is_named(tmp_path):
         ImageVAE({"image_size": 30})
 
 
+@pytest.mark.slow
 def test_learns_to_reconstruct_emoji(tmp_path, monkeypatch):
     load_emoji = pytest.importorskip("latentbridge_demo.data.emoji").load_emoji  # real images from the demo's data
 

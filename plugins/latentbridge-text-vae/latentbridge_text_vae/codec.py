@@ -354,7 +354,8 @@ class TextVAE(Codec):
         Each text is cut after k tokens (k uniform in 1..n-1). Its prompt is encoded as encode_prompt does
         (phase -k mod p, no [EOS]); the whole text is encoded at that same phase. Because the encoder
         is block-causal per latent, the prompt's latents must equal the first latents of the whole
-        text (`prompt_latent_max_diff`), so the prior continues from latents it was trained on. The
+        text (`prompt_latent_max_diff`, over `prompt_latents_compared` prompts whose tokens start the whole
+        text's), so the prior continues from latents it was trained on. The
         whole text's tokens are then decoded and scored, split by the parity of k: with p > 1 an odd
         k is what made Cola DLM's 2-token model collapse.
         """
@@ -374,14 +375,15 @@ class TextVAE(Codec):
         prompt_latents = self.encode(prompt_batch)
         batch = self.collate(wholes)
         whole = self.encode(batch)
-        diff = 0.0
+        diff, compared = 0.0, 0
         for a, b, pt, wt in zip(prompt_latents.unbind(), whole.unbind(), prompt_batch["tokens"], batch["tokens"]):
             m = len(a) * p
             if torch.equal(pt[:m], wt[:m]):  # the prompt tokenizes as the start of the whole text (BPE may merge across the cut)
                 diff = max(diff, float((a - b[: len(a)]).abs().max()))
+                compared += 1
         pred = self.logits(self.stats.denormalize(whole.values), whole.lengths).argmax(-1).cpu()
         right = (pred == batch["tokens"]) | ~batch["scored"]
-        out: dict[str, float] = {"prompt_latent_max_diff": diff}
+        out: dict[str, float] = {"prompt_latent_max_diff": diff, "prompt_latents_compared": compared}
         par = torch.tensor(parity)
         for name, sel in (("odd", par == 1), ("even", par == 0)):
             scored = batch["scored"][sel]

@@ -92,7 +92,7 @@ class RingEvaluator(Evaluator):
         return rows
 
     def checks(self, rows: dict[str, Any]) -> dict[str, dict[str, Any]]:
-        """Pass/fail against stated bars: near the truth at guidance 1, far above the shuffled control, raised by guidance."""
+        """Pass/fail against stated bars: near the truth at guidance 1, the shuffled control at chance, raised by guidance."""
         scales = {float(k.split()[1]): v for k, v in rows.items() if k.startswith("guidance ")}
         base = scales.get(1.0, next(iter(scales.values())))
         guided = [r for s, r in scales.items() if s > 1.0]
@@ -110,8 +110,11 @@ class RingEvaluator(Evaluator):
         else:
             bar = rows["posterior_sampling_accuracy"] - 0.05
             check("accuracy >= posterior-sampling accuracy - 0.05", base[score], bar, base[score] >= bar)
-        bar = 0.5 * base[score]
-        check(f"shuffled control <= 0.5 x {score}", base[f"shuffled {score}"], bar, base[f"shuffled {score}"] <= bar)
+        # With the conditions shuffled the score must fall to chance, whatever the conditional score: a bar at a share
+        # of the score could only fail where the score itself is bad. This one fails on its own when the condition
+        # leaks past the shuffle.
+        bar = 1.5 * rows[f"chance_{score}"]
+        check(f"shuffled control <= 1.5 x chance {score}", base[f"shuffled {score}"], bar, base[f"shuffled {score}"] <= bar)
         if guided:
             best = max(r[score] for r in guided)
             check(f"guidance raises {score}", best, base[score], best > base[score])

@@ -60,3 +60,22 @@ def test_run_dir_of_another_experiment_is_refused(tmp_path, registry):
 def test_task_roles_must_exist():
     with pytest.raises(ConfigError, match="task names role 'image', which is not under codecs"):
         load_config(CONFIGS / "toy_label_to_vector.yaml", ["--task.target=image"])
+
+
+@pytest.mark.parametrize("to_points", [True, False])
+def test_the_shuffled_control_bar_fails_on_its_own(to_points):
+    """A run whose conditional scores pass but whose shuffled control stays far above chance (the condition leaks
+    past the shuffle) must fail that bar, and only that one."""
+    from latentbridge_toy.evaluators import RingEvaluator
+
+    evaluator = RingEvaluator.__new__(RingEvaluator)
+    evaluator.to_points = to_points
+    score = "class_agreement" if to_points else "accuracy"
+    rows = ({"true_sample_class_agreement": 0.91, "label_blind_mmd2": 0.9, "chance_class_agreement": 0.125} if to_points
+            else {"posterior_sampling_accuracy": 0.87, "chance_accuracy": 0.125})
+    good = {score: 0.93, "mmd2": 0.01, f"shuffled {score}": 0.14}
+    for shuffled, want in ((0.14, True), (0.45, False), (0.6, False)):  # 0.45: below half the score, 3.6 x chance
+        checks = evaluator.checks({**rows, "guidance 1": {**good, f"shuffled {score}": shuffled}, "guidance 2": {**good, score: 0.95}})
+        control = [c for name, c in checks.items() if name.startswith("shuffled control")]
+        assert len(control) == 1 and control[0]["pass"] is want, (shuffled, checks)
+        assert all(c["pass"] for name, c in checks.items() if not name.startswith("shuffled control"))
