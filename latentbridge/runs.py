@@ -10,6 +10,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from latentbridge.build import experiment_prior_config, layout_of
 from latentbridge.codecs import Codec
 from latentbridge.config import ExperimentConfig, load_config
@@ -40,6 +42,20 @@ def read_config(run_dir: str | Path) -> ExperimentConfig:
     return load_config(run_dir / "config.yaml")
 
 
+def _check_codecs(path: Path, saved: dict[str, Any], codecs: dict[str, Codec]) -> None:
+    """The run's codecs must be the ones the checkpoint's prior was trained on (name and fingerprint, as --resume checks)."""
+    wrong = []
+    for role, want in saved.items():
+        codec = codecs.get(role)
+        now = {"codec": codec.name, "fingerprint": codec.fingerprint()} if codec is not None else None
+        if now is None or now["codec"] != want.get("codec") or now["fingerprint"] != want.get("fingerprint"):
+            wrong.append(f"{role}: checkpoint {want.get('codec')} {want.get('fingerprint')} vs run directory "
+                         f"{now['codec'] + ' ' + now['fingerprint'] if now else 'none'}")
+    if wrong:
+        raise CheckpointError(f"{path}: the codecs in {path.parent.parent / 'codecs'} are not the ones its prior was trained "
+                              f"with ({'; '.join(wrong)}). Restore the run's own codecs, or train a prior on these.")
+
+
 def load_run(run_dir: str | Path, reg: Registries | None = None, *, need_prior: bool = True) -> Run:
     """Config, frozen codecs and EMA prior of a trained run directory (its latest checkpoint)."""
     run_dir = Path(run_dir)
@@ -62,9 +78,15 @@ def load_run(run_dir: str | Path, reg: Registries | None = None, *, need_prior: 
     path = latest_checkpoint(run_dir / "checkpoints")
     if path is None:
         raise ConfigError(f"{run_dir} has no checkpoint to sample from; train it first (latentbridge train).")
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, training_state=False)  # inference never reads the optimizer state
+    _check_codecs(path, ckpt["state"].get("codecs", {}), codecs)
     weights: dict[str, Any] = ckpt["ema"] or ckpt["model"]
     weights = {k.removeprefix("module."): v for k, v in weights.items() if k != "n_averaged"}
+    bad = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{path}: {len(bad)} weight tensor(s) hold NaN or infinite values ({', '.join(bad[:3])}"
+                              f"{' ...' if len(bad) > 3 else ''}); sample from an earlier checkpoint (write its name into "
+                              f"{path.parent / 'latest'}) or retrain.")
     if joint:  # the joint stage trains its codec with the prior: the checkpoint's codec is the one its prior knows
         try:
             codecs[joint].load_state_dict({k.removeprefix("codec."): v for k, v in weights.items() if k.startswith("codec.")}, strict=True)

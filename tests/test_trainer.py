@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from latentbridge.config import load_config
 from latentbridge.errors import CheckpointError, ConfigError
@@ -391,3 +391,58 @@ def test_joint_resume_keeps_stage_one_and_samples_with_the_checkpoints_codec(tmp
     assert sum(json.loads(line)["stage"] == "codec" for line in (part / "metrics.jsonl").read_text().splitlines()) == codec_rows
     assert max(abs(losses(part, "joint")[s] - losses(whole, "joint")[s]) for s in range(20)) <= 1e-6
     assert_same_checkpoint(part, whole)
+
+
+# --------------------------------------------------------------------------------------------------
+# Verified loading for generation and evaluation
+# --------------------------------------------------------------------------------------------------
+
+
+def test_loading_never_reads_the_optimizer_state(tmp_path, uninterrupted, reg):
+    from latentbridge.pipeline import Pipeline
+
+    run_dir = copy_run(uninterrupted, tmp_path / "run")
+    (run_dir / "checkpoints" / "step_0000030" / "optimizer.pt").write_bytes(b"not a checkpoint")  # would fail to unpickle
+    assert Pipeline.from_pretrained(run_dir, reg).prior is not None
+
+
+def test_latest_pointing_outside_the_run_is_refused(tmp_path, uninterrupted, reg):
+    from latentbridge.pipeline import Pipeline
+
+    other = copy_run(uninterrupted, tmp_path / "other")
+    run_dir = copy_run(uninterrupted, tmp_path / "run")
+    (run_dir / "checkpoints" / "latest").write_text("../../other/checkpoints/step_0000030\n")
+    assert (run_dir / "checkpoints" / "latest").read_text().strip().startswith("../") and other.is_dir()
+    with pytest.raises(CheckpointError, match=r"is not one of this run's checkpoints"):
+        Pipeline.from_pretrained(run_dir, reg)
+
+
+def test_codecs_that_are_not_the_checkpoints_are_refused_at_loading(tmp_path, uninterrupted, reg):
+    from latentbridge.pipeline import Pipeline
+
+    run_dir = copy_run(uninterrupted, tmp_path / "run")
+    codec = reg.codecs.load(run_dir / "codecs" / "point")
+    codec.stats.set(codec.stats.shift + 1.0, codec.stats.scale)  # e.g. retrained into the run directory since
+    codec.save_pretrained(run_dir / "codecs" / "point")
+    with pytest.raises(CheckpointError, match=r"not the ones its prior was trained with \(point: checkpoint vector"):
+        Pipeline.from_pretrained(run_dir, reg)
+
+
+def test_non_finite_weights_are_refused_at_loading(tmp_path, uninterrupted, reg):
+    from latentbridge.pipeline import Pipeline
+
+    run_dir = copy_run(uninterrupted, tmp_path / "run")
+    path = run_dir / "checkpoints" / "step_0000030" / "ema.safetensors"
+    ema = load_file(str(path))
+    name = next(k for k in ema if k.startswith("module.prior.") and ema[k].is_floating_point())
+    ema[name] = torch.full_like(ema[name], float("nan"))
+    save_file(ema, str(path))
+    with pytest.raises(CheckpointError, match=r"hold NaN or infinite values \(prior\."):
+        Pipeline.from_pretrained(run_dir, reg)
+
+
+def test_a_damaged_optimizer_state_is_named_at_resume(tmp_path, uninterrupted, reg):
+    run_dir = copy_run(uninterrupted, tmp_path / "run")
+    (run_dir / "checkpoints" / "step_0000030" / "optimizer.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"step_0000030 is corrupt or truncated.*older checkpoint exists \(step_0000020\)"):
+        train(load_config(CONFIG, SMALL + ["--train.steps=40"]), run_dir, reg=reg, resume=True, progress=False)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import time
 from pathlib import Path
@@ -97,15 +98,21 @@ def latest_checkpoint(ckpt_root: Path) -> Path | None:
     """The checkpoint `latest` names (falling back to the newest complete one if the pointer is missing)."""
     pointer = ckpt_root / LATEST
     if pointer.is_file():
-        path = ckpt_root / pointer.read_text().strip()
+        name = pointer.read_text().strip()
+        path = ckpt_root / name
+        if path.resolve().parent != Path(ckpt_root).resolve():
+            raise CheckpointError(f"{pointer} names {name!r}, which is not one of this run's checkpoints ({ckpt_root}/step_*). "
+                                  f"Write the name of one of them into {pointer} (e.g. the newest: step_NNNNNNN).")
         if (path / "state.json").is_file():
             return path
     done = complete_checkpoints(ckpt_root)
     return done[-1] if done else None
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a checkpoint directory; a missing or damaged file is a CheckpointError naming it."""
+def load_checkpoint(path: Path, training_state: bool = True) -> dict[str, Any]:
+    """Read a checkpoint directory; a missing or damaged file is a CheckpointError naming it.
+
+    With `training_state` False (generation, evaluation) the optimizer state and RNG are not read at all."""
     path = Path(path)
     if not (path / "state.json").is_file():
         raise CheckpointError(f"{path} is not a complete checkpoint (state.json is missing).")
@@ -114,11 +121,13 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         out["state"] = json.loads((path / "state.json").read_text())
         out["model"] = load_file(str(path / "model.safetensors"))
         out["ema"] = load_file(str(path / "ema.safetensors")) if (path / "ema.safetensors").exists() else None
-        out["rng"] = load_file(str(path / "rng.safetensors"))["torch_cpu"]
-        out["optimizer"] = torch.load(path / "optimizer.pt", weights_only=True)
+        if training_state:
+            out["rng"] = load_file(str(path / "rng.safetensors"))["torch_cpu"]
+            out["optimizer"] = torch.load(path / "optimizer.pt", weights_only=True)
         out["config_yaml"] = (path / "config.yaml").read_text()
-    except (OSError, json.JSONDecodeError, SafetensorError, RuntimeError, KeyError, EOFError) as err:
+    except (OSError, json.JSONDecodeError, SafetensorError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as err:
         older = [p.name for p in complete_checkpoints(path.parent) if p.name < path.name]
         hint = f" An older checkpoint exists ({older[-1]}): point {path.parent / LATEST} at it to resume from there." if older else ""
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(err).__name__}: {err}).{hint}") from None
+        detail = (str(err).strip().splitlines() or [""])[0][:200]  # one line: torch's unpickling errors run to paragraphs
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(err).__name__}: {detail}).{hint}") from None
     return out

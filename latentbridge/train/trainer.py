@@ -280,7 +280,7 @@ class Trainer:
     def _init_from(self, path: Path) -> None:
         if (path / "checkpoints").is_dir():
             path = latest_checkpoint(path / "checkpoints") or path
-        ckpt = load_checkpoint(path)
+        ckpt = load_checkpoint(path, training_state=False)
         self._load_weights(ckpt["model"], path)
 
     # ---- the loop -----------------------------------------------------------------------------------------
