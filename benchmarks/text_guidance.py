@@ -32,25 +32,10 @@ import torch  # noqa: E402
 
 from latentbridge.pipeline import Pipeline  # noqa: E402
 from latentbridge.tasks import TaskMixture  # noqa: E402
-from latentbridge_demo.baselines.autoregressive import encode_texts, load_ar  # noqa: E402
+from latentbridge_demo.baselines.autoregressive import load_ar  # noqa: E402
 from latentbridge_demo.evaluate.continuation import cut_prompts  # noqa: E402
 from latentbridge_demo.evaluate.text import minilm_similarity, repetition_rate  # noqa: E402
-
-
-@torch.no_grad()
-def ar_nll(model, tok, prompts, continuations) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per prompt: summed NLL of the continuation's tokens (+ [EOS]) given the prompt, and their count."""
-    sums, counts = [], []
-    for i in range(0, len(prompts), 32):
-        ps, cs = prompts[i : i + 32], continuations[i : i + 32]
-        ids, valid = encode_texts(tok, [p + c for p, c in zip(ps, cs)], model.config.max_tokens)
-        nll = model.sequence_nll(ids, valid)  # [B, T-1]
-        for j, p in enumerate(ps):
-            k = len(tok(p, add_special_tokens=False)["input_ids"])
-            n = int(valid[j].sum())
-            sums.append(float(nll[j, k - 1 : n - 1].sum()))
-            counts.append(max(0, n - k))
-    return torch.tensor(sums, dtype=torch.float64), torch.tensor(counts, dtype=torch.float64)
+from text_vs_ar import ar_nll  # noqa: E402  (benchmarks/, first on the path when run as a script)
 
 
 def perplexity_interval(sums: torch.Tensor, counts: torch.Tensor, draws: int = 2000) -> tuple[float, float, float]:

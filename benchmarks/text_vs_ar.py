@@ -56,11 +56,11 @@ def tokens_of(tok, texts) -> list[list[int]]:
 
 
 @torch.no_grad()
-def ar_perplexity(model: ARModel, tok, prompts, continuations) -> float:
-    """exp(mean NLL of continuation tokens + [EOS] given the prompt), under the AR model.
+def ar_nll(model: ARModel, tok, prompts, continuations) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per prompt: summed NLL of the continuation's tokens (+ [EOS]) given the prompt under the AR model, and their count.
 
     Continuations are decoded tokens, so they carry their own leading space: prompt + continuation."""
-    total, count = 0.0, 0
+    sums, counts = [], []
     for i in range(0, len(prompts), 32):
         ps, cs = prompts[i : i + 32], continuations[i : i + 32]
         ids, valid = encode_texts(tok, [p + c for p, c in zip(ps, cs)], model.config.max_tokens)
@@ -68,9 +68,15 @@ def ar_perplexity(model: ARModel, tok, prompts, continuations) -> float:
         for j, p in enumerate(ps):
             k = len(tok(p, add_special_tokens=False)["input_ids"])
             n = int(valid[j].sum())
-            total += float(nll[j, k - 1 : n - 1].sum())
-            count += max(0, n - k)
-    return math.exp(total / max(1, count))
+            sums.append(float(nll[j, k - 1 : n - 1].sum()))
+            counts.append(max(0, n - k))
+    return torch.tensor(sums, dtype=torch.float64), torch.tensor(counts, dtype=torch.float64)
+
+
+def ar_perplexity(model: ARModel, tok, prompts, continuations) -> float:
+    """exp(mean NLL of continuation tokens + [EOS] given the prompt), under the AR model."""
+    sums, counts = ar_nll(model, tok, prompts, continuations)
+    return math.exp(float(sums.sum()) / max(1.0, float(counts.sum())))
 
 
 def timed(fn):

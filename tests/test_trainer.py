@@ -131,16 +131,20 @@ def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, uni
     assert sorted(p.name for p in ckpts.glob("step_*")) == ["step_0000010", "step_0000020", "step_0000030"]
 
 
+def train_one_and_two_processes(config: Path, tmp_path: Path, *overrides: str) -> tuple[dict[int, float], dict[int, float]]:
+    """Train `config` in one process (tmp_path/one) and in two under torchrun (tmp_path/two); the logged prior losses."""
+    for name, launcher in (("one", [str(BIN / "latentbridge")]),
+                           ("two", [str(BIN / "torchrun"), "--nproc_per_node", "2", "-m", "latentbridge"])):
+        proc = subprocess.run([*launcher, "train", str(config), "--run-dir", str(tmp_path / name), "--no-progress", *overrides],
+                              env=cli_env(), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    return losses(tmp_path / "one"), losses(tmp_path / "two")
+
+
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
-    common = ["--train.codec_steps=0", "--train.steps=8", "--train.log_every=1", "--train.batch_size=32", "--no-progress"]
-    one = subprocess.run([str(BIN / "latentbridge"), "train", str(CONFIG), "--run-dir", str(tmp_path / "one"), *common],
-                         env=cli_env(), capture_output=True, text=True, timeout=300)
-    assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([str(BIN / "torchrun"), "--nproc_per_node", "2", "-m", "latentbridge", "train", str(CONFIG),
-                          "--run-dir", str(tmp_path / "two"), *common], env=cli_env(), capture_output=True, text=True, timeout=300)
-    assert two.returncode == 0, two.stderr[-2000:]
-    a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
+    a, b = train_one_and_two_processes(CONFIG, tmp_path, "--train.codec_steps=0", "--train.steps=8", "--train.log_every=1",
+                                       "--train.batch_size=32")
     assert sorted(a) == sorted(b) == list(range(8))
     assert max(abs(a[s] - b[s]) / abs(a[s]) for s in a) <= 1e-5  # same global batch, summed in another order
 
@@ -149,15 +153,7 @@ def test_two_processes_match_one(tmp_path):
 def test_two_processes_weight_variable_length_texts_as_one(tmp_path):
     """Real texts of different lengths: each process holds another number of tokens. The loss (and so the update)
     must be the whole batch's per-token mean, not the mean of the processes' means."""
-    config = ROOT / "tests" / "configs" / "text_two_processes.yaml"
-    common = ["--no-progress"]
-    one = subprocess.run([str(BIN / "latentbridge"), "train", str(config), "--run-dir", str(tmp_path / "one"), *common],
-                         env=cli_env(), capture_output=True, text=True, timeout=300)
-    assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([str(BIN / "torchrun"), "--nproc_per_node", "2", "-m", "latentbridge", "train", str(config),
-                          "--run-dir", str(tmp_path / "two"), *common], env=cli_env(), capture_output=True, text=True, timeout=300)
-    assert two.returncode == 0, two.stderr[-2000:]
-    a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
+    a, b = train_one_and_two_processes(ROOT / "tests" / "configs" / "text_two_processes.yaml", tmp_path)
     assert sorted(a) == sorted(b) == list(range(6))
     assert max(abs(a[s] - b[s]) / abs(a[s]) for s in a) <= 1e-5
     assert_same_checkpoint(tmp_path / "one", tmp_path / "two", atol=1e-5)  # the same updates, so the same weights

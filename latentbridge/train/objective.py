@@ -10,8 +10,8 @@ exactly the noise it would see in one process, whatever the packing.
 
 from __future__ import annotations
 
-import dataclasses
 import contextlib
+import dataclasses
 from typing import Callable, Mapping, Sequence
 
 import torch
