@@ -5,6 +5,7 @@
     latentbridge evaluators list|show         installed evaluators
     latentbridge config show FILE [--k=v ..]  the resolved experiment config as YAML
     latentbridge train FILE [--k=v ..]        latentbridge.train.experiment.train (--resume, --init-from)
+    latentbridge cache FILE [--k=v ..]        latentbridge.train.experiment.cache: a sharded latent cache
     latentbridge sample RUN_DIR               latentbridge.pipeline.sample_run: generate and write items
     latentbridge eval RUN_DIR                 latentbridge.evaluate.run.evaluate_run: score with the evaluators
     latentbridge reconstruct PATH             latentbridge.evaluate.codecs.reconstruct
@@ -189,6 +190,19 @@ def cmd_train(args: argparse.Namespace, extra: Sequence[str]) -> int:
     return 0
 
 
+def cmd_cache(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from latentbridge.config import load_config
+    from latentbridge.train.experiment import cache
+
+    cfg = load_config(args.file, _split_overrides(extra, "cache"))
+    dirs = cache(cfg, args.run_dir, progress=not args.no_progress)
+    if int(os.environ.get("RANK", "0")) == 0:
+        for role, directory in dirs.items():
+            meta = json.loads((directory / "meta.json").read_text())
+            print(f"{role}: {meta['count']} items in {len(meta['counts'])} shards at {directory}")
+    return 0
+
+
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     from latentbridge.evaluate.codecs import reconstruct
 
@@ -295,6 +309,17 @@ def build_parser() -> argparse.ArgumentParser:
     _run_arguments(p)
     p.add_argument("--init-from", help="start a new run from the weights of this checkpoint (or run directory)")
     p.set_defaults(func=cmd_train, takes_overrides=True)
+
+    p = sub.add_parser("cache", allow_abbrev=False, help="encode a data set once with frozen codecs into a sharded latent cache",
+                       description="Encode the task's training items with its frozen codecs (from --run-dir's codecs/, or their "
+                                   "pretrained weights) into safetensors shards under train.latent_cache_dir (or RUN/latent_cache), "
+                                   "which training with --train.cache_latents=true streams from. Under torchrun --nproc_per_node N "
+                                   "-m latentbridge cache FILE each process encodes its own shards; run again after a kill, it "
+                                   "continues.")
+    p.add_argument("file", help="YAML experiment config")
+    p.add_argument("--run-dir", help="a run whose trained codecs encode (and whose latent_cache/ receives the cache)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_cache, takes_overrides=True)
 
     p = sub.add_parser("sample", allow_abbrev=False, help="generate from a trained run and write the items (no scores)",
                        description="Load RUN_DIR's codecs and the EMA prior of its latest checkpoint; generate each task (or --task) "

@@ -30,7 +30,7 @@ from latentbridge.evaluator import Evaluator
 from latentbridge.typedconfig import from_dict
 
 AUTOLOAD_ENV = "LATENTBRIDGE_DISABLE_PLUGIN_AUTOLOAD"
-BUILTIN_PLUGINS = ("latentbridge.codecs.builtin", "latentbridge.evaluate.builtin")
+BUILTIN_PLUGINS = ("latentbridge.codecs.builtin", "latentbridge.data.builtin", "latentbridge.evaluate.builtin")
 BUILTIN_PROVIDER = f"latentbridge {__version__}"
 HOOKS = ("latentbridge_register_codecs", "latentbridge_register_datasets", "latentbridge_register_evaluators")
 

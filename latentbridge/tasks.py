@@ -139,7 +139,7 @@ def shares(weights: Sequence[float], size: int) -> list[int]:
     return out
 
 
-def _task_seed(seed: int, name: str) -> int:
+def task_seed(seed: int, name: str) -> int:
     return seed + int(hashlib.sha256(name.encode()).hexdigest()[:6], 16)
 
 
@@ -177,7 +177,7 @@ class TaskMixture:
         src = self.source(task)
         if not src.finite:
             return src.batch(step, n, gen if gen is not None else torch.Generator().manual_seed(step))
-        return src.items_at(epoch_indices(len(src), _task_seed(self.seed, task.name), step, n))
+        return src.items_at(epoch_indices(len(src), task_seed(self.seed, task.name), step, n))
 
     def batch(self, step: int, size: int, gen: torch.Generator | None = None) -> list[tuple[Task, dict[str, list]]]:
         """[(task, raw items by field)] for this step: each task's share of `size` examples."""

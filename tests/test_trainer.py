@@ -274,7 +274,7 @@ def test_latent_cache_gives_the_same_losses_and_is_reused(tmp_path, reg):
     stamp = [p.stat().st_mtime_ns for p in shards]
     train(load_config(CONFIG, args + ["--train.cache_latents=true"]), tmp_path / "again", reg=reg, progress=False)
     assert [p.stat().st_mtime_ns for p in shards] == stamp  # same codec and data: read, not rewritten
-    with pytest.raises(ConfigError, match="cache_latents needs a finite data set"):
+    with pytest.raises(ConfigError, match="cache_latents needs a data set of fixed items"):
         train(load_config(CONFIG, SMALL + ["--train.cache_latents=true"]), tmp_path / "ring", reg=reg, progress=False)
 
 

@@ -10,6 +10,7 @@ per-epoch permutations; a `tasks` mixture draws each batch from its tasks' data 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,22 +19,13 @@ import torch
 from latentbridge.build import build_codecs
 from latentbridge.codecs import Codec
 from latentbridge.config import ExperimentConfig
-from latentbridge.data.base import Dataset
 from latentbridge.errors import ConfigError
 from latentbridge.plugins import Registries, registries
 from latentbridge.prior import BlockCausalDiT
-from latentbridge.tasks import TaskBatch, TaskMixture, tasks_of
-from latentbridge.train.latent_cache import LatentCache
+from latentbridge.tasks import TaskMixture, tasks_of
+from latentbridge.train.feed import Feed
+from latentbridge.train.latent_cache import CachedStream, build_cache
 from latentbridge.train.trainer import Trainer
-
-
-def role_items(codecs: dict[str, Codec], raw: dict[str, list], source: Dataset, gen: torch.Generator | None = None) -> dict[str, Any]:
-    """Raw items by field -> each role's collated batch (augmented for training when `gen` is given)."""
-    out = {}
-    for role, codec in codecs.items():
-        items = raw[source.field(codec.modality, role)]
-        out[role] = codec.collate(codec.augment(items, gen) if gen is not None else items)
-    return out
 
 
 def gather_role(parts: list, mix: TaskMixture, role: str, codec: Codec) -> list:
@@ -63,6 +55,7 @@ def train(cfg: ExperimentConfig, run_dir: str | Path, *, reg: Registries | None 
     """
     run_dir = Path(run_dir)
     reg = reg or registries()
+    _distributed()
     tasks = tasks_of(cfg, reg)
     torch.manual_seed(cfg.seed)
     mixture = bool(cfg.tasks)
@@ -79,21 +72,8 @@ def train(cfg: ExperimentConfig, run_dir: str | Path, *, reg: Registries | None 
             source.field(modality, role)
     codecs = build_codecs(cfg, reg)
 
-    def batches(step: int, size: int, gen: torch.Generator) -> dict[str, Any] | TaskBatch:
-        if mixture:
-            return TaskBatch([(t, role_items({r: codecs[r] for r in t.roles}, raw, mix.source(t), gen))
-                              for t, raw in mix.batch(step, size, gen)])
-        return role_items(codecs, source.batch(step, size, gen), source, gen)
-
-    def codec_batches(role: str):
-        if not mixture:
-            return batches
-        codec = codecs[role]
-
-        def fn(step: int, size: int, gen: torch.Generator) -> dict[str, Any]:
-            items = gather_role(mix.role_batch(role, step, size, gen), mix, role, codec)
-            return {role: codec.collate(codec.augment(items, gen))}
-        return fn
+    def codec_feed(role: str) -> Feed:
+        return Feed(mix, codecs, cfg.seed, role=role)
 
     stage = cfg.train.stage
     own = (cfg.train.codec_role or cfg.task.target) if stage in ("codec", "joint") else None
@@ -122,7 +102,7 @@ def train(cfg: ExperimentConfig, run_dir: str | Path, *, reg: Registries | None 
         slot = cfg.codecs[role]
         steps = cfg.train.codec_steps if slot.steps is None else slot.steps
         if codec.trainable and not slot.pretrained and steps:
-            pre = Trainer(cfg, run_dir, codecs, codec_batches(role), stage="codec", role=role, steps=steps, tasks=tasks,
+            pre = Trainer(cfg, run_dir, codecs, codec_feed(role), stage="codec", role=role, steps=steps, tasks=tasks,
                           lr=slot.lr or cfg.train.codec_lr, batch_size=slot.batch_size, progress=progress and mixture,
                           checkpoints=False)
             pre.fit()
@@ -134,26 +114,22 @@ def train(cfg: ExperimentConfig, run_dir: str | Path, *, reg: Registries | None 
         if mixture:
             raise ConfigError("train.cache_latents works for one `task`; a task mixture encodes its items each step. "
                               "Set train.cache_latents=false.")
-        if not source.finite:
-            raise ConfigError(f"train.cache_latents needs a finite data set; '{tasks[0].data.name}' draws fresh items each step "
-                              "(for the toy ring: set data.config.path). Set train.cache_latents=false.")
+        if not source.finite and not getattr(source, "streaming", False):
+            raise ConfigError(f"train.cache_latents needs a data set of fixed items; '{tasks[0].data.name}' draws fresh items "
+                              "each step (for the toy ring: set data.config.path). Set train.cache_latents=false.")
         if any(type(c).augment is not Codec.augment for r, c in codecs.items() if r != own):
             raise ConfigError("train.cache_latents: a codec draws a training view of each item (augment), so its latents change "
                               "from step to step and cannot be cached. Set train.cache_latents=false.")
+        if getattr(source, "streaming", False) and own is not None:
+            raise ConfigError("train.cache_latents on a streaming data set trains the prior stage only (the joint stage also "
+                              "reads the items its own codec encodes). Use train.stage=prior, or train.cache_latents=false.")
         root = Path(cfg.train.latent_cache_dir or run_dir / "latent_cache")
-        for role, codec in codecs.items():
-            if role != own:
-                caches[role] = LatentCache.build_or_load(root, role, codec, source.key(), len(source),
-                                                         lambda idx, r=role: role_items({r: codecs[r]}, source.items_at(idx), source)[r])
+        frozen = {r: c for r, c in codecs.items() if r != own}
+        caches = build_cache(root, frozen, source, progress=progress)
+        if getattr(source, "streaming", False):  # training streams the cached latents, shard by shard
+            mix.sources[repr(tasks[0].data)] = CachedStream(source, caches)
 
-    def cached_batches(step: int, size: int, gen: torch.Generator) -> dict[str, Any] | TaskBatch:
-        items = batches(step, size, gen)
-        if caches:
-            idx = source.indices(step, size)
-            items.update({role: cache.posterior(idx) for role, cache in caches.items()})
-        return items
-
-    main_batches = codec_batches(own) if stage == "codec" else cached_batches
+    main_batches = codec_feed(own) if stage == "codec" else Feed(mix, codecs, cfg.seed, caches=caches)
     trainer = Trainer(cfg, run_dir, codecs, main_batches, resume=resume, init_from=init_from, progress=progress, tasks=tasks)
     trainer.fit()
     weights = trainer.ema_weights()
@@ -166,3 +142,44 @@ def train(cfg: ExperimentConfig, run_dir: str | Path, *, reg: Registries | None 
     prior = BlockCausalDiT(trainer.prior_config)
     prior.load_state_dict({k.removeprefix("prior."): v for k, v in weights.items() if k.startswith("prior.")}, strict=True)
     return codecs, prior.eval(), trainer.layout
+
+
+def _distributed() -> None:
+    """Join the process group when launched by torchrun (before any data is read: each process reads its own part)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        PartialState(cpu=not torch.cuda.is_available())
+
+
+def cache(cfg: ExperimentConfig, run_dir: str | Path | None = None, *, reg: Registries | None = None,
+          progress: bool = True) -> dict[str, Path]:
+    """`latentbridge cache FILE`: encode the task's training items with its frozen codecs into the latent cache that
+    training with train.cache_latents reads (under torchrun, each process its own shards; a killed run continues).
+
+    Codecs come from `run_dir`/codecs/<role> when that run trained them, else from their pretrained weights.
+    Returns role -> cache directory."""
+    reg = reg or registries()
+    _distributed()
+    tasks = tasks_of(cfg, reg)
+    if len(tasks) != 1:
+        raise ConfigError("latentbridge cache works for one `task` (train.cache_latents does too); this config has a mixture.")
+    source = TaskMixture(tasks, cfg.seed, reg).source(tasks[0])
+    if not source.finite and not getattr(source, "streaming", False):
+        raise ConfigError(f"data set '{tasks[0].data.name}' draws fresh items each step: there is nothing fixed to cache.")
+    if not (cfg.train.latent_cache_dir or run_dir):
+        raise ConfigError("latentbridge cache: say where the cache goes: --run-dir RUN (RUN/latent_cache) or "
+                          "--train.latent_cache_dir=DIR (shared by runs).")
+    codecs = build_codecs(cfg, reg)
+    for role, codec in list(codecs.items()):
+        saved = Path(run_dir) / "codecs" / role if run_dir else None
+        if saved is not None and (saved / "codec.json").exists():
+            codecs[role] = reg.codecs.load(saved)
+        elif codec.trainable and not cfg.codecs[role].pretrained:
+            raise ConfigError(f"codecs.{role}: codec '{codec.name}' has no trained weights to encode with. Set codecs.{role}."
+                              "pretrained to its saved directory, or pass --run-dir of a run whose codec stage trained it.")
+        codecs[role].freeze()
+        source.field(codecs[role].modality, role)
+    root = Path(cfg.train.latent_cache_dir or Path(run_dir) / "latent_cache")
+    caches = build_cache(root, codecs, source, progress=progress)
+    return {r: c.directory for r, c in caches.items()}

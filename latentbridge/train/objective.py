@@ -33,6 +33,17 @@ class BatchNoise:
     offsets: list[int]
     """Example i owns tokens offsets[i]:offsets[i + 1]."""
 
+    @classmethod
+    def cat(cls, parts: Sequence[BatchNoise]) -> BatchNoise:
+        """The noise of several batches' examples, one after another."""
+        offsets, base = [0], 0
+        for p in parts:
+            offsets += [base + o for o in p.offsets[1:]]
+            base += p.offsets[-1]
+        dmax = max((p.eps.shape[1] for p in parts), default=0)
+        return cls(torch.cat([p.eps for p in parts]) if parts else torch.zeros(0, dmax),
+                   torch.cat([p.t for p in parts]) if parts else torch.zeros(0), offsets)
+
     def __getitem__(self, sl: slice) -> BatchNoise:
         """The noise of a contiguous run of examples (e.g. one process's share of the global batch)."""
         start, stop, _ = sl.indices(len(self.offsets) - 1)

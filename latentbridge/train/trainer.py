@@ -42,11 +42,11 @@ from latentbridge.errors import CheckpointError, ConfigError, LatentbridgeError
 from latentbridge.flow import make_time_sampler
 from latentbridge.prior import BlockCausalDiT
 from latentbridge.sequence import SequenceLayout, drop_conditions
-from latentbridge.tasks import TaskBatch
 from latentbridge.typedconfig import dump_yaml, to_dict
 from latentbridge.versions import provider_of
 from latentbridge.train.checkpoint import clean_partial, latest_checkpoint, load_checkpoint, save_checkpoint
-from latentbridge.train.objective import draw_noise, prior_loss
+from latentbridge.train.feed import LocalBatch, example_generator
+from latentbridge.train.objective import BatchNoise, draw_noise, prior_loss
 
 STEP_PAUSE_ENV = "LATENTBRIDGE_STEP_PAUSE_S"  # fault injection for tests: sleep after each step (a kill lands between checkpoints)
 
@@ -64,10 +64,6 @@ def lr_schedule(step: int, warmup: int, total: int) -> float:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def step_generator(seed: int, step: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
 class StageLoss(nn.Module):
@@ -96,30 +92,36 @@ class StageLoss(nn.Module):
             raise ConfigError("train.stage=joint trains one codec with the prior on one task; a task mixture trains with "
                               "train.stage=prior (frozen codecs). Use stage prior, or one `task`.")
 
-    def _latents(self, role: str, batch: Any, gen: torch.Generator) -> list[Tensor]:
+    def _latents(self, role: str, batch: Any, gens: list[torch.Generator]) -> list[Tensor]:
+        """Each example's latents of `role`: a posterior sample drawn with the example's own generator (or the mean)."""
+        codec = self.codecs[role]
         sample = self.cfg.codecs[role].latents == "sample"
         grad = self.stage == "joint" and role == self.role
         with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
-            if isinstance(batch, Posterior):  # from a latent cache
-                enc = self.codecs[role].latents_from_posterior(batch, sample=sample, generator=gen)
+            post = batch if isinstance(batch, Posterior) else codec.raw_encode(batch)  # a Posterior: from a latent cache
+            codec.check_posterior(post)
+            if not sample:
+                out = codec.latents_from_posterior(post).unbind()
             else:
-                enc = self.codecs[role].encode(batch, sample=sample, generator=gen)
-        return [v.float() for v in enc.unbind()]  # flow targets in fp32, also when the codec ran under autocast
+                out = [codec.latents_from_posterior(_one(post, i), sample=True, generator=g).unbind()[0] for i, g in enumerate(gens)]
+        return [v.float() for v in out]  # flow targets in fp32, also when the codec ran under autocast
 
-    def forward(self, items: dict[str, Any] | TaskBatch, rank_slice: slice, gen: torch.Generator) -> dict[str, Tensor]:
+    def forward(self, items: LocalBatch | dict[str, Any]) -> dict[str, Tensor]:
         if self.stage == "codec":
-            return self.codecs[self.role].loss(_take(items[self.role], rank_slice))
+            return self.codecs[self.role].loss(items[self.role])
         cfg = self.cfg
-        parts = items.parts if isinstance(items, TaskBatch) else [(self.tasks[0], items)]
-        examples = []
-        for task, batch in parts:  # the global batch, so every process draws the same posterior samples
-            examples += task.examples({r: self._latents(r, batch[r], gen) for r in task.roles})
-        examples = drop_conditions(examples, cfg.train.cond_dropout, gen, each=cfg.train.cond_dropout_mode == "each")
-        noise = draw_noise(examples, self.layout, self.samplers, gen)
-        out = prior_loss(self.trainable["prior"], self.layout, examples[rank_slice], noise=noise[rank_slice],
+        examples, noises = [], []
+        for part in items.parts:  # this process's examples only, each with its own randomness
+            gens = [example_generator(cfg.seed, items.index, p, 1) for p in part.positions]
+            latents = {r: self._latents(r, part.batch[r], gens) for r in part.task.roles}
+            for ex, g in zip(part.task.examples(latents), gens):
+                ex = drop_conditions([ex], cfg.train.cond_dropout, g, each=cfg.train.cond_dropout_mode == "each")[0]
+                examples.append(ex)
+                noises.append(draw_noise([ex], self.layout, self.samplers, g))
+        out = prior_loss(self.trainable["prior"], self.layout, examples, noise=BatchNoise.cat(noises),
                          row_length=cfg.train.row_length, mean_count=_mean_over_processes if _world() > 1 else None)
         if self.stage == "joint":
-            codec, mine = self.codecs[self.role], _take(items[self.role], rank_slice)
+            codec, mine = self.codecs[self.role], items.parts[0].batch[self.role]
             own = codec.loss(mine)
             post, post0 = codec.raw_encode(mine), self.stage1.raw_encode(mine)
             drift = post.kl_to(post0)[post.mask()].mean()
@@ -127,6 +129,12 @@ class StageLoss(nn.Module):
             out = {"loss": out["loss"] + t.joint_codec_weight * own["loss"] + t.joint_kl_weight * drift, "flow": out["loss"],
                    "kl_to_stage1": drift, **{f"codec/{k}": v for k, v in own.items()}}
         return out
+
+
+def _one(post: Posterior, i: int) -> Posterior:
+    """Item i of a posterior batch alone, without the batch's padding."""
+    n = int(post.lengths[i])
+    return Posterior(post.mean[i : i + 1, :n], post.lengths[i : i + 1], None if post.logvar is None else post.logvar[i : i + 1, :n])
 
 
 def _world() -> int:
@@ -155,19 +163,11 @@ def ema_avg_fn(decay: float, warmup: bool) -> Callable[[list[Tensor], list[Tenso
     return update
 
 
-def _take(batch: Any, sl: slice) -> Any:
-    if isinstance(batch, Tensor):
-        return batch[sl]
-    if isinstance(batch, dict):
-        return {k: _take(v, sl) for k, v in batch.items()}
-    raise TypeError(f"cannot slice a batch of type {type(batch).__name__}")
-
-
 class Trainer:
     """Train one stage of an experiment into a run directory."""
 
     def __init__(self, cfg: ExperimentConfig, run_dir: str | Path, codecs: dict[str, Codec],
-                 batches: Callable[[int, int, torch.Generator], dict[str, Any]], *, stage: str | None = None,
+                 batches: Callable[[int, int, slice], Any], *, stage: str | None = None,
                  role: str | None = None, steps: int | None = None, lr: float | None = None, batch_size: int | None = None,
                  resume: bool = False,
                  init_from: str | Path | None = None,
@@ -256,6 +256,9 @@ class Trainer:
         self.scheduler.load_state_dict(ckpt["state"]["scheduler"])
         torch.set_rng_state(ckpt["rng"])
         self.start_step = ckpt["state"]["step"]
+        data = ckpt["state"].get("data")
+        if hasattr(self.batches, "load_state_dict") and data:
+            self.batches.load_state_dict(data[min(self.acc.process_index, len(data) - 1)])
         self.resumed_from, self.removed_partial = path, removed
 
     def _check_compatible(self, ckpt: dict[str, Any], path: Path) -> None:
@@ -308,13 +311,12 @@ class Trainer:
             totals: dict[str, float] = {}
             for micro in range(t.grad_accum):
                 index = step * t.grad_accum + micro
-                gen = step_generator(self.cfg.seed, index)
                 torch.manual_seed(self.cfg.seed * 7919 + index)  # codecs' own losses draw from the global RNG
-                items = self.batches(index, self.batch_size, gen)
+                items = self.batches(index, self.batch_size, self.rank_slice)
                 sync = micro == t.grad_accum - 1
                 with contextlib.nullcontext() if sync else acc.no_sync(self.wrapped):
                     with acc.autocast():
-                        terms = self.wrapped(items, self.rank_slice, gen)
+                        terms = self.wrapped(items)
                     loss = terms["loss"]
                     if not torch.isfinite(loss.detach()):
                         last = latest_checkpoint(self.ckpt_root)
@@ -331,6 +333,8 @@ class Trainer:
             done = step + 1
             if step % t.log_every == 0 or done == self.steps:
                 values = {k: acc.reduce(v, reduction="mean").item() for k, v in totals.items()}
+                if getattr(self.batches, "readers", None):  # streamed data: bad files skipped so far, over all processes
+                    values["data_skipped"] = float(acc.reduce(torch.tensor(float(self.batches.skipped)), reduction="sum"))
                 row = {"stage": self.stage, **({"role": self._row_role} if self._row_role else {}), "step": step, **values, "lr": self.scheduler.get_last_lr()[0],
                        "grad_norm": float(grad_norm), "elapsed_s": round(time.perf_counter() - start, 3)}
                 rows.append(row)
@@ -355,11 +359,21 @@ class Trainer:
         """The codec a codec-stage trainer trains (its metrics rows say which: several codecs may train in one run)."""
         return self.role if self.stage == "codec" else None
 
+    def _data_state(self) -> list[dict[str, Any]]:
+        """Every process's position in its data streams (the feed's state), in process order."""
+        mine = self.batches.state_dict() if hasattr(self.batches, "state_dict") else {}
+        if _world() == 1:
+            return [mine]
+        every: list[Any] = [None] * _world()
+        dist.all_gather_object(every, mine)
+        return every
+
     def save(self, step: int) -> Path | None:
         self.acc.wait_for_everyone()
         path = None
+        data = self._data_state()
         if self.acc.is_main_process:
-            state = {**self._meta(), "scheduler": self.scheduler.state_dict()}
+            state = {**self._meta(), "scheduler": self.scheduler.state_dict(), "data": data}
             path = save_checkpoint(self.ckpt_root, step, model=self.module.trainable.state_dict(),
                                    ema=self.ema.state_dict() if self.ema is not None else None,
                                    optimizer=self.optimizer.state_dict(), state=state, config_yaml=dump_yaml(self.cfg),
@@ -401,7 +415,7 @@ def plot_losses(run_dir: Path) -> None:
     series: dict[str, tuple[list, list]] = {}
     for r in rows:
         for k, v in r.items():
-            if k in ("step", "stage", "role", "lr", "grad_norm", "elapsed_s") or not isinstance(v, (int, float)):
+            if k in ("step", "stage", "role", "lr", "grad_norm", "elapsed_s", "data_skipped") or not isinstance(v, (int, float)):
                 continue
             xs, ys = series.setdefault(f"{' '.join(filter(None, [r['stage'], r.get('role')]))}: {k}", ([], []))
             xs.append(r["step"])

@@ -34,7 +34,7 @@ class TextData(Dataset):
 
     Held-out sets: `test`, and `pydoc` (Python's own documentation, out of domain)."""
 
-    name = "text"
+    name = "corpus"
     config_class = TextOptions
     fields = {"text": "text"}
     held_out = {"test": "test", "pydoc": "pydoc (out of domain)"}
