@@ -353,4 +353,74 @@ def test_train_sample_and_evaluate_on_each_kind(files, tmp_path, kind):
     target = cfg["task"]["target"]
     written = [p for p in run.rglob("*") if p.is_file() and ("samples" in p.parts or "eval" in p.parts)]
     suffix = {"image": ".png", "audio": ".wav", "text": ".txt"}[target]
-    assert any(p.suffix == suffix for p in written), sorted(str(p.relative_to(run)) for p in written)[:20]
+    for folder in ("g1", "reference"):  # generated items beside the held-out items of the same conditions
+        assert any(p.suffix == suffix and folder in p.parts for p in written), sorted(str(p.relative_to(run)) for p in written)[:20]
+    fit = report["tasks"] if "tasks" in report else report
+    assert "with condition" in json.dumps(fit) and "reconstruction" in flat
+
+
+# --------------------------------------------------------------------------------------------------
+# The sharded latent cache
+# --------------------------------------------------------------------------------------------------
+
+
+def _cache_cmd(config: Path, *extra: str, processes: int = 1) -> subprocess.CompletedProcess:
+    launcher = [str(BIN / "latentbridge")] if processes == 1 else [str(BIN / "torchrun"), "--nproc_per_node", str(processes),
+                                                                      "--master_port", str(29900 + os.getpid() % 90), "-m", "latentbridge"]
+    return subprocess.run([*launcher, "cache", str(config), "--no-progress", *extra], env=cli_env(), capture_output=True,
+                          text=True, timeout=600)
+
+
+def _shard_tensors(directory: Path) -> dict[str, dict[str, torch.Tensor]]:
+    from safetensors.torch import load_file
+
+    return {p.name: load_file(str(p)) for p in sorted(directory.glob("shard_*.safetensors"))}
+
+
+@pytest.mark.slow
+def test_latent_cache_is_split_across_processes_resumable_and_trains_like_the_stream(files, reg, tmp_path):
+    codec_dir = tmp_path / "codec"
+    reg.codecs.create("text-vae", {"width": 32, "heads": 2, "encoder_layers": 1, "decoder_layers": 1, "block_size": 4,
+                                   "max_tokens": 32, "tokens_per_latent": 1}).save_pretrained(codec_dir)
+    args = [f"--data.config.path={files['jsonl']}", f"--codecs.text.pretrained={codec_dir}",
+            "--codecs.text.config.tokens_per_latent=1"]  # one token per latent: no augmentation, so latents can be cached
+    one = _cache_cmd(STREAM_TEXT, *args, f"--train.latent_cache_dir={tmp_path / 'c1'}")
+    assert one.returncode == 0, one.stderr[-3000:]
+    (d1,) = (tmp_path / "c1").iterdir()
+    meta = json.loads((d1 / "meta.json").read_text())
+    assert meta["count"] == len(reg.datasets.create("text", {"path": str(files["jsonl"]), "test_fraction": 0.1,
+                                                             "validation_fraction": 0.0}).items("train", None)["text"])
+    assert len(meta["counts"]) == 10 and f"{meta['count']} items in 10 shards" in one.stdout
+    two = _cache_cmd(STREAM_TEXT, *args, f"--train.latent_cache_dir={tmp_path / 'c2'}", processes=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    (d2,) = (tmp_path / "c2").iterdir()
+    assert d2.name == d1.name and json.loads((d2 / "meta.json").read_text()) == meta
+    a, b = _shard_tensors(d1), _shard_tensors(d2)
+    assert a.keys() == b.keys() and all(torch.equal(a[k][t], b[k][t]) for k in a for t in a[k])
+    # a killed run: the meta file and three shards never written; the rerun writes only those
+    (d2 / "meta.json").unlink()
+    for k in (1, 4, 7):
+        (d2 / f"shard_{k:05d}.safetensors").unlink()
+    kept = {p.name: p.stat().st_mtime_ns for p in d2.glob("shard_*")}
+    again = _cache_cmd(STREAM_TEXT, *args, f"--train.latent_cache_dir={tmp_path / 'c2'}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {p.name: p.stat().st_mtime_ns for p in d2.glob("shard_*") if p.name in kept} == kept
+    c = _shard_tensors(d2)
+    assert all(torch.equal(a[k][t], c[k][t]) for k in a for t in a[k])
+    # training streams the cached latents in the order it streams the items: the same losses
+    train_args = [*args, "--train.steps=6", "--train.checkpoint_every=6"]
+    plain = _start(STREAM_TEXT, tmp_path / "plain", *train_args)
+    cached = _start(STREAM_TEXT, tmp_path / "cached", *train_args, "--train.cache_latents=true",
+                    f"--train.latent_cache_dir={tmp_path / 'c1'}")
+    for proc in (plain, cached):
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+    x, y = losses(tmp_path / "plain"), losses(tmp_path / "cached")
+    assert sorted(x) == sorted(y) == list(range(6))
+    assert max(abs(x[s] - y[s]) / abs(x[s]) for s in x) <= 1e-4
+    assert {p.name: p.stat().st_mtime_ns for p in d1.glob("shard_*")} == {p.name: p.stat().st_mtime_ns for p in d1.glob("shard_*")}
+
+
+def test_cache_refuses_codecs_without_weights(files, tmp_path):
+    proc = _cache_cmd(STREAM_TEXT, f"--data.config.path={files['jsonl']}", f"--train.latent_cache_dir={tmp_path}")
+    assert proc.returncode == 2 and "has no trained weights" in proc.stderr and "Traceback" not in proc.stderr

@@ -111,6 +111,12 @@ class Codec(nn.Module):
         """
         return list(items)
 
+    @property
+    def augments(self) -> bool:
+        """Whether `augment` changes items (then their latents differ from step to step and cannot be cached).
+        Default: whether the class overrides augment; a codec whose config can turn augmentation off says so here."""
+        return type(self).augment is not Codec.augment
+
     def write_items(self, items: Sequence[Any], directory: str | os.PathLike, names: Sequence[str] | None = None) -> list[Path]:
         """Write items as files a researcher opens (images, sound, text) into `directory`; returns the paths.
 

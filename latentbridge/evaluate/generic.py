@@ -5,7 +5,8 @@
                      ELBO split, ARCHITECTURE.md §7)
     reconstruction   the target codec's own diagnostics on held-out items (reconstruction and rate)
     samples          generated items of the task written as files through the target codec's write_items, at
-                     every guidance scale (a task whose codec writes no files is skipped)
+                     every guidance scale, beside the held-out items of the same conditions (reference/); a task whose
+                     codec writes no files is skipped
 """
 
 from __future__ import annotations
@@ -89,7 +90,8 @@ class SamplesConfig:
 
 
 class Samples(Evaluator):
-    """Generated items written as files (samples/<task>/g<scale>/) through the target codec's write_items."""
+    """Generated items written as files (samples/<task>/g<scale>/) through the target codec's write_items, and the
+    held-out items of the same conditions (samples/<task>/reference/)."""
 
     name = "samples"
     config_class = SamplesConfig
@@ -102,14 +104,17 @@ class Samples(Evaluator):
         codec = ctx.codecs[task.target]
         if type(codec).write_items is Codec.write_items and not _plain_items(codec):
             return {"written": 0, "note": f"codec '{codec.name}' writes no files (no write_items)"}
-        conditions = {r: v for r, v in ctx.held_out(k).items() if r in task.cond} if task.cond else None
+        held = ctx.held_out(k)
+        conditions = {r: v for r, v in held.items() if r in task.cond} if task.cond else None
         labels = next(iter(conditions.values())) if conditions else None
+        # the held-out items these conditions came with, beside what the prior made of them
+        references = len(write_generated(codec, held[task.target], ctx.run_dir / "samples" / task.name / "reference", labels))
         written = 0
         for g in ctx.guidance_scales if task.cond else [1.0]:
             items = ctx.pipeline.generate(conditions, target=task.target, guidance=g, seed=ctx.seed,
                                           num=None if conditions else k)
             written += len(write_generated(codec, items, ctx.run_dir / "samples" / task.name / f"g{g:g}", labels))
-        return {"written": written}
+        return {"written": written, "references": references}
 
 
 def _plain_items(codec: Any) -> bool:

@@ -106,6 +106,7 @@ def train(cfg: ExperimentConfig, run_dir: str | Path, *, reg: Registries | None 
                           lr=slot.lr or cfg.train.codec_lr, batch_size=slot.batch_size, progress=progress and mixture,
                           checkpoints=False)
             pre.fit()
+            pre.batches.close()  # its loader workers end here
             codec.load_state_dict(codec_weights(pre.ema_weights()), strict=True)  # what it samples with: the EMA
         codec.freeze()
         finish_codec(role, saved)
@@ -117,7 +118,7 @@ def train(cfg: ExperimentConfig, run_dir: str | Path, *, reg: Registries | None 
         if not source.finite and not getattr(source, "streaming", False):
             raise ConfigError(f"train.cache_latents needs a data set of fixed items; '{tasks[0].data.name}' draws fresh items "
                               "each step (for the toy ring: set data.config.path). Set train.cache_latents=false.")
-        if any(type(c).augment is not Codec.augment for r, c in codecs.items() if r != own):
+        if any(c.augments for r, c in codecs.items() if r != own):
             raise ConfigError("train.cache_latents: a codec draws a training view of each item (augment), so its latents change "
                               "from step to step and cannot be cached. Set train.cache_latents=false.")
         if getattr(source, "streaming", False) and own is not None:
@@ -131,7 +132,10 @@ def train(cfg: ExperimentConfig, run_dir: str | Path, *, reg: Registries | None 
 
     main_batches = codec_feed(own) if stage == "codec" else Feed(mix, codecs, cfg.seed, caches=caches)
     trainer = Trainer(cfg, run_dir, codecs, main_batches, resume=resume, init_from=init_from, progress=progress, tasks=tasks)
-    trainer.fit()
+    try:
+        trainer.fit()
+    finally:
+        main_batches.close()
     weights = trainer.ema_weights()
     if own is not None:
         codecs[own].load_state_dict(codec_weights(weights), strict=True)

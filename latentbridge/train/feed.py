@@ -137,7 +137,7 @@ class Feed:
         """A role's raw items of one part, each augmented with its own generator when the codec augments."""
         codec = self.codecs[role]
         items = raw[self.mix.source(task).field(codec.modality, role)]
-        if type(codec).augment is not Codec.augment:
+        if codec.augments:
             items = [codec.augment([x], example_generator(self.seed, index, p, 0))[0] for x, p in zip(items, positions)]
         return items
 

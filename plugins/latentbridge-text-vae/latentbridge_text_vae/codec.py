@@ -211,6 +211,10 @@ class TextVAE(Codec):
         lengths = torch.tensor([len(g) // p for g in grids], dtype=torch.long)
         return {"tokens": tokens, "scored": scored, "lengths": lengths}
 
+    @property
+    def augments(self) -> bool:
+        return self.config.tokens_per_latent > 1
+
     def augment(self, items: Sequence[Any], generator: torch.Generator) -> list[Any]:
         """A random phase per text (p > 1), so every alignment of text to latents is seen in training."""
         p = self.config.tokens_per_latent
