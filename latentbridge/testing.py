@@ -344,6 +344,18 @@ class DatasetConformance:
 
     def test_batches_are_deterministic_and_complete(self) -> None:
         a, b = self.make_dataset(), self.make_dataset()
+        if getattr(a, "streaming", False):  # a streaming data set: two loads stream the same batches
+            from latentbridge.data.stream import StreamReader
+
+            readers = [StreamReader(d, "train", self.batch_size, seed=self.seed, rank=0, world=1) for d in (a, b)]
+            for step in range(3):
+                x, y = (r.next() for r in readers)
+                _require(self._fields(a, x, f"stream batch {step}") == self.batch_size, f"stream batch {step} has another size")
+                for f in a.fields.values():
+                    _require(all(_same_item(u, v, 0.0) for u, v in zip(x[f], y[f])), f"stream batch {step} differs between two loads")
+            for r in readers:
+                r.close()
+            return
         for step in (0, 3):
             x = a.batch(step, self.batch_size, torch.Generator().manual_seed(step))
             y = b.batch(step, self.batch_size, torch.Generator().manual_seed(step))
@@ -368,6 +380,9 @@ class DatasetConformance:
             _require(len(idx) == self.batch_size and int(idx.max()) < len(data), "indices(step, size) must index the data set")
             self._fields(data, data.items_at(idx), "items_at(indices)")
             _require(isinstance(data.key(), str) and data.key() == self.make_dataset().key(), "key() must identify the data")
+        if getattr(data, "streaming", False):
+            _require(isinstance(data.key(), str) and data.key() == self.make_dataset().key(), "key() must identify the data")
+            _require(len(data.shards("train")) >= 1, "a streaming data set lists at least one training shard")
 
 
 @dataclasses.dataclass

@@ -344,7 +344,8 @@ def test_train_sample_and_evaluate_on_each_kind(files, tmp_path, kind):
     config = tmp_path / "experiment.yaml"
     config.write_text(yaml.safe_dump(cfg))
     run = tmp_path / "run"
-    for cmd in (["train", str(config), "--run-dir", str(run), "--no-progress"], ["eval", str(run), "--no-progress"]):
+    for cmd in (["train", str(config), "--run-dir", str(run), "--no-progress"], ["eval", str(run), "--no-progress"],
+                ["sample", str(run), "--samples", "2", "--out", str(tmp_path / "sampled"), "--no-progress"]):
         proc = subprocess.run([str(BIN / "latentbridge"), *cmd], env=cli_env(), capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((run / "report.json").read_text())
@@ -357,6 +358,33 @@ def test_train_sample_and_evaluate_on_each_kind(files, tmp_path, kind):
         assert any(p.suffix == suffix and folder in p.parts for p in written), sorted(str(p.relative_to(run)) for p in written)[:20]
     fit = report["tasks"] if "tasks" in report else report
     assert "with condition" in json.dumps(fit) and "reconstruction" in flat
+    assert any(p.suffix == suffix for p in (tmp_path / "sampled").rglob("*"))
+
+
+@pytest.mark.slow
+def test_a_mixture_of_streamed_data_sets_and_a_joint_stage(files, tmp_path):
+    import yaml
+
+    text = {"codec": "text-vae", "config": TINY_TEXT}
+    common = {"validation_fraction": 0.0, "num_workers": 1}
+    mixture = {"name": "mixture", "seed": 0, "codecs": {"text": text, "image": {"codec": "image-vae", "config": TINY_IMAGE}},
+               "tasks": {"caption_to_image": {"cond": ["text"], "target": "image", "weight": 2, "data": "imagefolder",
+                                              "data_config": {"path": str(files["images_jsonl"]), "image_size": 16, **common}},
+                         "continuation": {"target": "text", "weight": 1, "data": "text",
+                                          "data_config": {"path": str(files["jsonl"]), **common}}},
+               "prior": {"preset": "tiny"},
+               "train": {"steps": 3, "codec_steps": 2, "batch_size": 6, "row_length": 64, "log_every": 1, "checkpoint_every": 3}}
+    joint = {"name": "joint", "seed": 0, "codecs": {"text": text}, "task": {"target": "text"},
+             "data": {"name": "text", "config": {"path": str(files["jsonl"]), **common}}, "prior": {"preset": "tiny"},
+             "train": {"stage": "joint", "codec_role": "text", "steps": 3, "codec_steps": 2, "batch_size": 4, "row_length": 64,
+                       "log_every": 1, "checkpoint_every": 3}}
+    for cfg in (mixture, joint):
+        config = tmp_path / f"{cfg['name']}.yaml"
+        config.write_text(yaml.safe_dump(cfg))
+        proc = subprocess.run([str(BIN / "latentbridge"), "train", str(config), "--run-dir", str(tmp_path / cfg["name"]),
+                               "--no-progress"], env=cli_env(), capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert sorted(losses(tmp_path / cfg["name"], cfg["train"].get("stage", "prior"))) == [0, 1, 2]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -424,3 +452,40 @@ def test_latent_cache_is_split_across_processes_resumable_and_trains_like_the_st
 def test_cache_refuses_codecs_without_weights(files, tmp_path):
     proc = _cache_cmd(STREAM_TEXT, f"--data.config.path={files['jsonl']}", f"--train.latent_cache_dir={tmp_path}")
     assert proc.returncode == 2 and "has no trained weights" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# The public conformance kit passes on each generic data set
+# --------------------------------------------------------------------------------------------------
+
+from latentbridge.data.generic import AudioFolder, HFDataset, ImageFolder, TextFiles, WebDatasetShards  # noqa: E402
+from latentbridge.testing import DatasetConformance  # noqa: E402
+
+
+class _OnFiles(DatasetConformance):
+    key: str = ""
+    options: dict = {}
+
+    @pytest.fixture(autouse=True)
+    def _files(self, files):
+        self.dataset_config = {"path": str(files[self.key]), "num_workers": 0, "test_fraction": 0.3, **self.options}
+
+
+class TestImageFolderConformance(_OnFiles):
+    dataset_class, key = ImageFolder, "images_jsonl"
+
+
+class TestAudioFolderConformance(_OnFiles):
+    dataset_class, key = AudioFolder, "audio"
+
+
+class TestTextConformance(_OnFiles):
+    dataset_class, key = TextFiles, "jsonl"
+
+
+class TestHFConformance(_OnFiles):
+    dataset_class, key, options = HFDataset, "hf", {"fields": {"image": "image", "text": "caption"}}
+
+
+class TestWebDatasetConformance(_OnFiles):
+    dataset_class, key, options = WebDatasetShards, "webdataset", {"fields": {"image": "png", "text": "txt"}}

@@ -55,7 +55,7 @@ def decode_image(source: bytes | str, size: int) -> np.ndarray:
         raise BadRecord("empty image")
     side = min(w, h)
     im = im.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side))
-    return np.asarray(im.resize((size, size), Image.LANCZOS), dtype=np.uint8)
+    return np.array(im.resize((size, size), Image.LANCZOS), dtype=np.uint8)  # a writable copy
 
 
 def decode_audio(source: bytes | str, sample_rate: int, max_seconds: float | None) -> np.ndarray:
