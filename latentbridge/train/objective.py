@@ -54,6 +54,16 @@ class BatchNoise:
 def draw_noise(examples: Sequence[Example], layout: SequenceLayout, samplers: Mapping[str, TimeSampler],
                generator: torch.Generator | None = None) -> BatchNoise:
     """One t per target block from its codec's sampler and Gaussian eps per target token, drawn per codec in one go."""
+    if len(examples) == 1:
+        targets = [seg for seg in examples[0] if seg.role == "target"]
+        if len(targets) == 1:  # one example with one target segment (the trainer's per-example draw): the same draws, fast
+            seg = targets[0]
+            cid, n = layout.ids[seg.codec], seg.latents.shape[0]
+            bs, dim = layout.streams[seg.codec].block_size, layout.dims[cid]
+            t = samplers[seg.codec].sample(-(-n // bs), generator).float().repeat_interleave(bs)[:n]
+            eps = torch.zeros(n, layout.dmax)
+            eps[:, :dim] = torch.randn(n, dim, generator=generator)
+            return BatchNoise(eps, t, [0, n])
     token_codec: list[int] = []
     token_block: list[int] = []  # index of the token's block among its codec's blocks in this batch
     blocks_seen = [0] * len(layout.names)

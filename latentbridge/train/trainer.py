@@ -6,10 +6,12 @@
            codec through the noisy copy only (clean history is stop-gradient), the codec keeps its
            own loss, and a KL to a frozen copy of its stage-1 encoder stops it drifting
 
-Every step's randomness (data, posterior samples, condition dropout, noise, times) comes from a
-generator seeded by (seed, step) and drawn for the global batch, of which each process takes its
-slice. So a resumed run repeats the uninterrupted one exactly, and two processes see the same
-global batch as one. The stage's loss is computed inside one module's forward, so DDP/FSDP wrap it.
+Each process reads and encodes only its slice of a step's global batch (latentbridge.train.feed: indices from
+(seed, step), or its own shards of a streaming data set, whose positions go into the checkpoints), and every
+example draws its randomness (posterior sample, condition dropout, noise, times) from a generator seeded by
+(seed, step, its position in the global batch). So a resumed run repeats the uninterrupted one exactly, and
+two processes compute what one does. The stage's loss is computed inside one module's forward, so DDP/FSDP
+wrap it.
 
 Run directory: config.yaml, metrics.jsonl, checkpoints/step_NNNNNNN/ + checkpoints/latest, loss.png.
 """
@@ -100,10 +102,9 @@ class StageLoss(nn.Module):
         with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
             post = batch if isinstance(batch, Posterior) else codec.raw_encode(batch)  # a Posterior: from a latent cache
             codec.check_posterior(post)
-            if not sample:
-                out = codec.latents_from_posterior(post).unbind()
-            else:
-                out = [codec.latents_from_posterior(_one(post, i), sample=True, generator=g).unbind()[0] for i, g in enumerate(gens)]
+            if sample and post.logvar is not None:
+                post = Posterior(post.mean + torch.exp(0.5 * post.logvar) * _example_noise(post, gens), post.lengths)
+            out = codec.latents_from_posterior(post).unbind()
         return [v.float() for v in out]  # flow targets in fp32, also when the codec ran under autocast
 
     def forward(self, items: LocalBatch | dict[str, Any]) -> dict[str, Tensor]:
@@ -131,10 +132,14 @@ class StageLoss(nn.Module):
         return out
 
 
-def _one(post: Posterior, i: int) -> Posterior:
-    """Item i of a posterior batch alone, without the batch's padding."""
-    n = int(post.lengths[i])
-    return Posterior(post.mean[i : i + 1, :n], post.lengths[i : i + 1], None if post.logvar is None else post.logvar[i : i + 1, :n])
+def _example_noise(post: Posterior, gens: list[torch.Generator]) -> Tensor:
+    """Standard normal noise shaped like post.mean, each item's valid rows drawn (on the CPU) from its own generator,
+    so an example's posterior sample does not depend on the batch it is in or the device."""
+    eps = torch.zeros(post.mean.shape, dtype=torch.float32)
+    dim = post.mean.shape[-1]
+    for i, (n, g) in enumerate(zip(post.lengths.tolist(), gens)):
+        eps[i, :n] = torch.randn(n, dim, generator=g)
+    return eps.to(post.mean.device, post.mean.dtype)
 
 
 def _world() -> int:
