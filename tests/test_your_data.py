@@ -113,6 +113,18 @@ def test_audiofolder_and_hf_and_text_items(files, reg):
     assert text.items("train", None)["text"] == D.glosses(160)
 
 
+def test_hf_reads_parquet_files_through_datasets(tmp_path, reg):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts = D.glosses(25)
+    pq.write_table(pa.table({"caption": texts[:15]}), tmp_path / "part-0.parquet")
+    pq.write_table(pa.table({"caption": texts[15:]}), tmp_path / "part-1.parquet")
+    ds = reg.datasets.create("hf", {"path": str(tmp_path / "part-*.parquet"), "fields": {"text": "caption"}, "shard_size": 10,
+                                    "validation_fraction": 0.0, "test_fraction": 0.0})
+    assert ds.items("train", None)["text"] == texts and len(ds.shards("train")) == 3
+
+
 def test_text_lines_paragraphs_csv_and_parquet(tmp_path, reg):
     import pyarrow as pa
     import pyarrow.parquet as pq
