@@ -40,7 +40,7 @@ DEMO_RUN ?= runs/demo
 demo: setup
 	$(RUN) latentbridge codecs list
 	$(RUN) latentbridge datasets list
-	@resume=""; [ -e $(DEMO_RUN)/checkpoints/latest ] && resume=--resume; \
+	@resume=""; [ -e $(DEMO_RUN)/config.yaml ] && resume=--resume; \
 	start=$$(date +%s); \
 	$(RUN) latentbridge train configs/demo.yaml --run-dir $(DEMO_RUN) $$resume && \
 	$(RUN) latentbridge eval $(DEMO_RUN) && \

@@ -210,8 +210,69 @@ def test_resume_refuses_other_codecs(tmp_path, uninterrupted, reg):
 
 def test_existing_run_is_never_overwritten(tmp_path, uninterrupted, reg):
     run_dir = copy_run(uninterrupted, tmp_path / "run")
-    with pytest.raises(ConfigError, match="already has checkpoints. Pass --resume"):
+    with pytest.raises(ConfigError, match=r"already holds a run \(checkpoints, trained codecs \(label, point\)\)\. Pass --resume"):
         train(load_config(CONFIG, SMALL), run_dir, reg=reg, progress=False)
+
+
+def _stamps(run_dir: Path) -> dict[str, int]:
+    return {str(p.relative_to(run_dir)): p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+
+
+def test_a_new_run_never_lands_on_trained_codecs(tmp_path, uninterrupted, reg):
+    """Killed after its codec pre-stage: no checkpoint yet, but trained codecs. A second training without --resume
+    (another seed) used to retrain and overwrite codecs/ before it looked; now it is refused and nothing changes."""
+    run_dir = copy_run(uninterrupted, tmp_path / "run")
+    shutil.rmtree(run_dir / "checkpoints")
+    before = _stamps(run_dir)
+    with pytest.raises(ConfigError, match=r"already holds a run \(trained codecs \(label, point\)\)\. Pass --resume.*nothing was written"):
+        train(load_config(CONFIG, SMALL + ["--seed=1"]), run_dir, reg=reg, progress=False)
+    assert _stamps(run_dir) == before
+
+
+def test_resume_after_the_codec_stages_keeps_them_and_trains_the_prior(tmp_path, uninterrupted, reg, monkeypatch):
+    run_dir = copy_run(uninterrupted, tmp_path / "run")
+    shutil.rmtree(run_dir / "checkpoints")
+    codecs = {k: v for k, v in _stamps(run_dir).items() if k.startswith("codecs/")}
+    stages = []
+    fit = Trainer.fit
+    monkeypatch.setattr(Trainer, "fit", lambda self: (stages.append(self.stage), fit(self))[1])
+    train(load_config(CONFIG, SMALL), run_dir, reg=reg, resume=True, progress=False)
+    assert stages == ["prior"]  # no codec pre-stage again
+    assert {k: v for k, v in _stamps(run_dir).items() if k.startswith("codecs/")} == codecs
+    got, want = losses(run_dir), losses(uninterrupted)
+    assert max(abs(got[s] - want[s]) for s in want) <= 1e-6  # the same prior training as the uninterrupted run's
+
+
+def test_resume_needs_a_run(tmp_path, reg):
+    with pytest.raises(ConfigError, match="holds no run to continue"):
+        train(load_config(CONFIG, SMALL), tmp_path / "empty", reg=reg, resume=True, progress=False)
+    assert not (tmp_path / "empty" / "config.yaml").exists()
+
+
+@pytest.mark.slow
+def test_a_second_trainer_on_a_run_directory_is_refused_and_the_first_is_unharmed(tmp_path, uninterrupted):
+    run_dir = tmp_path / "run"
+    first = start_training(run_dir, env={STEP_PAUSE_ENV: "0.1"})
+    wait_for(lambda: logged_steps(run_dir) >= 3, first)
+    for extra in ([], ["--resume"]):
+        second = start_training(run_dir, *extra)
+        out, err = second.communicate(timeout=120)
+        assert second.returncode == 2, err[-2000:]
+        assert f"is being trained by another process (pid {first.pid} on " in err and len(err.strip().splitlines()) == 1
+    first.communicate(timeout=300)
+    assert first.returncode == 0
+    got, want = losses(run_dir), losses(uninterrupted)
+    assert max(abs(got[s] - want[s]) for s in want) <= 1e-6
+    assert not (run_dir / ".lock.json").exists()
+
+
+def test_a_lock_left_by_a_killed_trainer_is_taken_over(tmp_path, uninterrupted, reg):
+    run_dir = copy_run(uninterrupted, tmp_path / "run")
+    (run_dir / ".lock").write_text("")  # the file stays when its process dies; the OS lock on it does not
+    (run_dir / ".lock.json").write_text(json.dumps({"pid": 999999, "host": "gone", "started": "then", "command": "x"}))
+    with pytest.warns(UserWarning, match="taking over the lock left by .*pid 999999 on gone"):
+        train(load_config(CONFIG, SMALL), run_dir, reg=reg, resume=True, progress=False)
+    assert not (run_dir / ".lock.json").exists()
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, uninterrupted, reg):
@@ -442,3 +503,28 @@ def test_a_damaged_optimizer_state_is_named_at_resume(tmp_path, uninterrupted, r
     (run_dir / "checkpoints" / "step_0000030" / "optimizer.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match=r"step_0000030 is corrupt or truncated.*older checkpoint exists \(step_0000020\)"):
         train(load_config(CONFIG, SMALL + ["--train.steps=40"]), run_dir, reg=reg, resume=True, progress=False)
+
+
+def test_eval_of_some_evaluators_and_sample_keep_the_other_figures(tmp_path, uninterrupted, reg):
+    from latentbridge.evaluate.report import read_report
+    from latentbridge.evaluate.run import evaluate_run
+    from latentbridge.pipeline import sample_run
+
+    run_dir = copy_run(uninterrupted, tmp_path / "run")
+    evaluate_run(run_dir, samples=96, registries=reg, progress=False, log=lambda _: None)
+    full = read_report(run_dir)
+    with pytest.raises(ConfigError, match="does not implement write_items"):  # the toy's points are no files
+        sample_run(run_dir, n=4, registries=reg, progress=False)
+    assert read_report(run_dir) == full  # sample writes items, never figures (it used to replace report.json)
+    evaluate_run(run_dir, samples=96, evaluators=["prior-fit"], registries=reg, progress=False, log=lambda _: None)
+    again = read_report(run_dir)
+    (task,) = full["tasks"]
+    assert set(again["tasks"][task]) >= set(full["tasks"][task]) - {"eval_s"}  # the ring evaluator's figures stay
+    assert again["tasks"][task]["ring"] == full["tasks"][task]["ring"]
+
+
+def test_too_few_samples_for_the_ring_evaluator_is_one_line(tmp_path, uninterrupted, reg):
+    from latentbridge.evaluate.run import evaluate_run
+
+    with pytest.raises(ConfigError, match="at least 80 \\(got 32\\)"):
+        evaluate_run(copy_run(uninterrupted, tmp_path / "run"), samples=32, registries=reg, progress=False, log=lambda _: None)

@@ -56,7 +56,10 @@ def evaluate_run(run_dir: str | Path, *, samples: int | None = None, guidance_sc
     entries = [entry for entry, _ in chosen.values()]
     options = {name: opts for name, (_, opts) in chosen.items()}
     start = time.perf_counter()
-    report = update_report(run_dir, lambda r: r.update({"tasks": {}, "guidance_scales": scales, "samples_per_set": n}))
+    # a full evaluation replaces the task figures; one of some evaluators (--evaluator) replaces only theirs
+    keep = bool(evaluators)
+    report = update_report(run_dir, lambda r: r.update({"tasks": r.get("tasks", {}) if keep else {}, "guidance_scales": scales,
+                                                        "samples_per_set": n}))
     for task in tasks:
         cond = tuple(pipe.codecs[r].modality for r in task.cond)
         target = pipe.codecs[task.target].modality
@@ -64,7 +67,8 @@ def evaluate_run(run_dir: str | Path, *, samples: int | None = None, guidance_sc
         if not applying:
             raise ConfigError(f"no evaluator applies to task {task.name} ({task.direction}); eval.evaluators leaves out "
                               "the generic ones (prior-fit, reconstruction, samples), which apply to every task.")
-        rows: dict[str, Any] = {"direction": task.direction, "data": task.data.name}
+        rows: dict[str, Any] = {**(report["tasks"].get(task.name, {}) if keep else {}), "direction": task.direction,
+                                "data": task.data.name}
         t0 = time.perf_counter()
         for entry in applying:
             log(f"evaluating {task.name} ({task.direction}) with {entry.name} ...")

@@ -25,7 +25,9 @@ from latentbridge.prior import BlockCausalDiT
 from latentbridge.tasks import TaskMixture, tasks_of
 from latentbridge.train.feed import Feed
 from latentbridge.train.latent_cache import CachedStream, build_cache
+from latentbridge.train.rundir import RunLock, check_run_dir
 from latentbridge.train.trainer import Trainer
+from latentbridge.typedconfig import dump_yaml
 
 
 def gather_role(parts: list, mix: TaskMixture, role: str, codec: Codec) -> list:
@@ -56,6 +58,16 @@ def train(cfg: ExperimentConfig, run_dir: str | Path, *, reg: Registries | None 
     run_dir = Path(run_dir)
     reg = reg or registries()
     _distributed()
+    with RunLock(run_dir):  # one trainer per run directory; refused at once, naming the holder
+        check_run_dir(run_dir, resume, cfg.name)  # before anything is written: a new run never lands on another's work
+        if not resume and int(os.environ.get("RANK", "0")) == 0:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.yaml").write_text(dump_yaml(cfg))  # from here a kill leaves a run --resume continues
+        return _train(cfg, run_dir, reg, resume=resume, init_from=init_from, progress=progress)
+
+
+def _train(cfg: ExperimentConfig, run_dir: Path, reg: Registries, *, resume: bool, init_from: str | Path | None,
+           progress: bool):
     tasks = tasks_of(cfg, reg)
     torch.manual_seed(cfg.seed)
     mixture = bool(cfg.tasks)

@@ -24,6 +24,7 @@ import importlib.util
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -250,8 +251,11 @@ class Trainer:
     def _resume(self) -> None:
         removed = clean_partial(self.ckpt_root) if self.acc.is_main_process else []
         path = latest_checkpoint(self.ckpt_root)
-        if path is None:
-            raise CheckpointError(f"--resume: {self.ckpt_root} holds no complete checkpoint. Start the run without --resume.")
+        if path is None:  # the run was stopped before this stage's first checkpoint: its earlier stages are kept
+            if self.acc.is_main_process and self.progress:
+                print(f"--resume: {self.ckpt_root} holds no checkpoint of the {self.stage} stage yet; it starts from step 0 "
+                      "(finished codec stages are kept).", file=sys.stderr)
+            return
         ckpt = load_checkpoint(path)
         self._check_compatible(ckpt, path)
         self._load_weights(ckpt["model"], path)

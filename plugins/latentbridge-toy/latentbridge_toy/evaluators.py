@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from latentbridge.errors import ConfigError
 from latentbridge.evaluate import EvalSet, Evaluator, mean_cov_error, mmd2
 
 from latentbridge_toy.ring import GaussianRing
@@ -52,6 +53,9 @@ class RingEvaluator(Evaluator):
         self.data: GaussianRing = ctx.dataset.ring
         self.to_points = ctx.codecs[ctx.task.target].modality == "vector"
         n, k = ctx.samples, self.data.num_classes
+        if self.to_points and n < 10 * k:
+            raise ConfigError(f"evaluator 'ring' scores each class's points against the truth and needs 10 per class: "
+                              f"--samples / eval.samples of at least {10 * k} (got {n}).")
         gen = torch.Generator().manual_seed(ctx.seed + 1000)
         self.labels = torch.arange(n) % k
         self.points, _ = self.data.sample(n, gen, labels=self.labels)
