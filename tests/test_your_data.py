@@ -293,6 +293,12 @@ def test_sigkill_then_resume_with_streaming_data_reproduces_the_losses(files, tm
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # the launcher, the training processes and their loader workers
     proc.wait()
+    while True:  # every process of the group gone (loader workers share the run directory's lock)
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
     assert latest_checkpoint(run / "checkpoints").name == "step_0000020"
     state = json.loads((run / "checkpoints" / "step_0000020" / "state.json").read_text())
     assert len(state["data"]) == processes and all(d["text/prior"]["batches"] == 20 for d in state["data"])

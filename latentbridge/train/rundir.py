@@ -50,7 +50,8 @@ class RunLock:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(self.run_dir / ".lock"))
         try:
-            lock.acquire(timeout=0)
+            # a holder that died may leave forked children (loader workers) holding the lock for a moment: wait for them
+            lock.acquire(timeout=0 if self._holder_alive() else 20)
         except Timeout:
             holder = self._holder()
             raise RunLockedError(f"{self.run_dir} is being trained by another process ({holder}). Wait for it to end, or "
@@ -64,6 +65,16 @@ class RunLock:
                                               "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                                               "command": " ".join(sys.argv)[:300]}) + "\n")
         return self
+
+    def _holder_alive(self) -> bool:
+        try:
+            pid = int(json.loads(self.info_file.read_text())["pid"])
+            os.kill(pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+        except (OSError, ValueError, KeyError):
+            return True  # no record, or not ours to signal: treat as alive
 
     def _holder(self) -> str:
         try:
