@@ -173,32 +173,34 @@ class TaskMixture:
                 except ConfigError as err:
                     raise ConfigError(f"task {t.name} ({t.direction}, data {t.data.name}): {err}") from None
 
-    def _take(self, task: Task, step: int, n: int, gen: torch.Generator | None) -> dict[str, list]:
+    def take(self, task: Task, step: int, n: int, lo: int = 0, hi: int | None = None,
+             gen: torch.Generator | None = None) -> tuple[dict[str, list], Tensor | None]:
+        """Items lo:hi of `task`'s n examples of step `step` (raw, by field), and their indices into a finite data set
+        (None for one that draws its items: they are drawn whole from `gen`, then cut)."""
         src = self.source(task)
         if not src.finite:
-            return src.batch(step, n, gen if gen is not None else torch.Generator().manual_seed(step))
-        return src.items_at(epoch_indices(len(src), task_seed(self.seed, task.name), step, n))
+            whole = src.batch(step, n, gen if gen is not None else torch.Generator().manual_seed(step))
+            return {k: list(v[lo:hi]) for k, v in whole.items()}, None
+        idx = epoch_indices(len(src), task_seed(self.seed, task.name), step, n)[lo:hi]
+        return src.items_at(idx), idx
 
-    def batch(self, step: int, size: int, gen: torch.Generator | None = None) -> list[tuple[Task, dict[str, list]]]:
-        """[(task, raw items by field)] for this step: each task's share of `size` examples."""
-        return [(t, self._take(t, step, n, gen)) for t, n in zip(self.tasks, shares(self._weights, size)) if n]
-
-    def role_batch(self, role: str, step: int, size: int, gen: torch.Generator | None = None) -> list[tuple[Task, dict[str, list]]]:
-        """Items for one codec's own training: from the tasks that use `role`, by their weights."""
+    def tasks_using(self, role: str) -> list[Task]:
+        """The tasks whose examples hold `role` (a codec's own training data), or a clear error when none does."""
         using = [t for t in self.tasks if role in t.roles]
         if not using:
             raise ConfigError(f"no task uses role {role!r}, so there is no data to train its codec on")
-        counts = shares([t.weight for t in using], size)
-        return [(t, self._take(t, step, n, gen)) for t, n in zip(using, counts) if n]
+        return using
+
+    def batch(self, step: int, size: int, gen: torch.Generator | None = None) -> list[tuple[Task, dict[str, list]]]:
+        """[(task, raw items by field)] for this step: each task's share of `size` examples."""
+        return [(t, self.take(t, step, n, gen=gen)[0]) for t, n in zip(self.tasks, shares(self._weights, size)) if n]
+
+    def role_batch(self, role: str, step: int, size: int, gen: torch.Generator | None = None) -> list[tuple[Task, dict[str, list]]]:
+        """Items for one codec's own training: from the tasks that use `role`, by their weights."""
+        using = self.tasks_using(role)
+        return [(t, self.take(t, step, n, gen=gen)[0]) for t, n in zip(using, shares([t.weight for t in using], size)) if n]
 
     def stats_sample(self, role: str, n: int) -> list[tuple[Task, dict[str, list]]]:
         """A fixed sample of `role`'s items (latent statistics), spread over the tasks that use it."""
         using = [t for t in self.tasks if role in t.roles]
         return [(t, self.source(t).stats_sample(k)) for t, k in zip(using, shares([t.weight for t in using], n))]
-
-
-@dataclasses.dataclass
-class TaskBatch:
-    """One step's collated batch of a mixture: per task, each role's collated items (or cached posteriors)."""
-
-    parts: list[tuple[Task, dict[str, Any]]]

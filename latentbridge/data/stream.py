@@ -223,19 +223,22 @@ class StreamingDataset(Dataset):
         order = list(range(len(shards)))
         if order_seed is not None:
             random.Random(order_seed).shuffle(order)
+        return self.decoded((rec for j in order for rec in self.split_records(shards[j], split)), n)
+
+    def decoded(self, records: Iterable[Record], n: int | None = None) -> dict[str, list]:
+        """Up to n items of `records` decoded, by field; bad ones reported (bad_item) and left out."""
         out: dict[str, list] = {f: [] for f in self.fields.values()}
         got = 0
-        for j in order:
-            for rec in self.split_records(shards[j], split):
-                item = self.decode_checked(rec)
-                if isinstance(item, BadRecord):
-                    self.bad_item(item)
-                    continue
-                for f in out:
-                    out[f].append(item[f])
-                got += 1
-                if n is not None and got >= n:
-                    return out
+        for rec in records:
+            if n is not None and got >= n:
+                break
+            item = self.decode_checked(rec)
+            if isinstance(item, BadRecord):
+                self.bad_item(item)
+                continue
+            for f in out:
+                out[f].append(item[f])
+            got += 1
         return out
 
     # -- the Dataset protocol -----------------------------------------------------------------------

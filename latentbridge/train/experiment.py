@@ -127,7 +127,7 @@ def _train(cfg: ExperimentConfig, run_dir: Path, reg: Registries, *, resume: boo
         if mixture:
             raise ConfigError("train.cache_latents works for one `task`; a task mixture encodes its items each step. "
                               "Set train.cache_latents=false.")
-        if not source.finite and not getattr(source, "streaming", False):
+        if not _fixed_items(source):
             raise ConfigError(f"train.cache_latents needs a data set of fixed items; '{tasks[0].data.name}' draws fresh items "
                               "each step (for the toy ring: set data.config.path). Set train.cache_latents=false.")
         if any(c.augments for r, c in codecs.items() if r != own):
@@ -160,6 +160,11 @@ def _train(cfg: ExperimentConfig, run_dir: Path, reg: Registries, *, resume: boo
     return codecs, prior.eval(), trainer.layout
 
 
+def _fixed_items(source: Any) -> bool:
+    """Whether a data set holds fixed items a latent cache can keep (finite, or streamed from files)."""
+    return source.finite or getattr(source, "streaming", False)
+
+
 def _distributed() -> None:
     """Join the process group when launched by torchrun (before any data is read: each process reads its own part)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -181,7 +186,7 @@ def cache(cfg: ExperimentConfig, run_dir: str | Path | None = None, *, reg: Regi
     if len(tasks) != 1:
         raise ConfigError("latentbridge cache works for one `task` (train.cache_latents does too); this config has a mixture.")
     source = TaskMixture(tasks, cfg.seed, reg).source(tasks[0])
-    if not source.finite and not getattr(source, "streaming", False):
+    if not _fixed_items(source):
         raise ConfigError(f"data set '{tasks[0].data.name}' draws fresh items each step: there is nothing fixed to cache.")
     if not (cfg.train.latent_cache_dir or run_dir):
         raise ConfigError("latentbridge cache: say where the cache goes: --run-dir RUN (RUN/latent_cache) or "

@@ -24,7 +24,6 @@ from typing import Any, Sequence
 import torch
 
 from latentbridge.codecs import Codec
-from latentbridge.data.base import epoch_indices
 from latentbridge.errors import ConfigError
 from latentbridge.tasks import Task, TaskMixture, shares, task_seed
 from latentbridge.train.latent_cache import join_rows
@@ -82,12 +81,7 @@ class Feed:
                  caches: dict[str, Any] | None = None) -> None:
         self.mix, self.codecs, self.seed, self.role = mix, codecs, seed, role
         self.caches = caches or {}
-        if role is None:
-            self.tasks = list(mix.tasks)
-        else:
-            self.tasks = [t for t in mix.tasks if role in t.roles]
-            if not self.tasks:
-                raise ConfigError(f"no task uses role {role!r}, so there is no data to train its codec on")
+        self.tasks = list(mix.tasks) if role is None else mix.tasks_using(role)
         self.readers: dict[str, Any] = {}
         self.state: dict[str, Any] = {}
 
@@ -124,14 +118,9 @@ class Feed:
 
     def raw(self, task: Task, index: int, n: int, lo: int, hi: int, rank: int, world: int) -> tuple[dict[str, list], torch.Tensor | None]:
         """Task `task`'s items at its positions lo:hi of its n examples this step (and their data-set indices)."""
-        src = self.mix.source(task)
-        if getattr(src, "streaming", False):
+        if getattr(self.mix.source(task), "streaming", False):
             return self._reader(task, hi - lo, rank, world).next(), None
-        if src.finite:
-            idx = epoch_indices(len(src), task_seed(self.seed, task.name), index, n)[lo:hi]
-            return src.items_at(idx), idx
-        whole = src.batch(index, n, step_generator(self.seed, index))
-        return {k: list(v[lo:hi]) for k, v in whole.items()}, None
+        return self.mix.take(task, index, n, lo, hi, gen=step_generator(self.seed, index))
 
     def _items(self, role: str, task: Task, raw: dict[str, list], index: int, positions: Sequence[int]) -> list:
         """A role's raw items of one part, each augmented with its own generator when the codec augments."""

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from latentbridge.codecs import Codec, Posterior
 from latentbridge.data.base import Dataset
-from latentbridge.data.stream import BadRecord, Record, Shard, StreamingDataset
+from latentbridge.data.stream import Record, Shard, StreamingDataset
 from latentbridge.errors import CheckpointError
 
 SHARD_SIZE = 4096
@@ -124,15 +124,7 @@ def _shards_of(source: Dataset, shard_size: int) -> list[Any]:
 
 def _items_of(source: Dataset, shard: Any) -> dict[str, list]:
     if isinstance(shard, Shard):
-        out: dict[str, list] = {f: [] for f in source.fields.values()}
-        for rec in source.split_records(shard, "train"):
-            item = source.decode_checked(rec)
-            if isinstance(item, BadRecord):
-                source.bad_item(item)
-                continue
-            for f in out:
-                out[f].append(item[f])
-        return out
+        return source.decoded(source.split_records(shard, "train"))
     return source.items_at(torch.arange(*shard))
 
 
