@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import traceback
@@ -29,7 +30,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from pathlib import Path  # noqa: E402
 
 from latentbridge import __version__  # noqa: E402
-from latentbridge.errors import ConfigError, LatentbridgeError  # noqa: E402
+from latentbridge.errors import ConfigError, LatentbridgeError, describe_os_error  # noqa: E402
 from latentbridge.typedconfig import dump_yaml  # noqa: E402
 
 
@@ -253,8 +254,35 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (the usage is one `--help` away), exit code 2 as argparse's own."""
+
+    def error(self, message: str):
+        self.exit(2, f"latentbridge: error: {self.prog}: {message}. See `{self.prog} --help`.\n")
+
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="latentbridge",
         allow_abbrev=False,
         description="One flow-matching prior over the latents of any codec: text, images, audio.",
@@ -326,8 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "from --prompt items or from held-out examples of its data set, across guidance scales; write "
                                    "the items through the target codec (samples/<task>/g<scale>/).")
     p.add_argument("run_dir", help="run directory written by `latentbridge train`")
-    p.add_argument("--guidance", type=float, nargs="+", help="guidance scales (default: the config's eval.guidance_scales)")
-    p.add_argument("--samples", type=int, help="held-out examples to start from (default 16)")
+    p.add_argument("--guidance", type=_finite, nargs="+", help="guidance scales (default: the config's eval.guidance_scales)")
+    p.add_argument("--samples", type=_positive, help="held-out examples to start from (default 16)")
     p.add_argument("--prompt", action="append", help="an item of the task's one condition (e.g. a caption), or text to continue "
                                                       "for a task without conditions (repeatable)")
     p.add_argument("--task", action="append", help="sample this task (repeatable; default: all of the run's tasks)")
@@ -340,8 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "across guidance scales and with shuffled conditions (the control), plus the prior's held-out "
                                    "fit and the target codec's reconstruction; write report.json, report.md and samples/.")
     p.add_argument("run_dir", help="run directory written by `latentbridge train`")
-    p.add_argument("--guidance", type=float, nargs="+", help="guidance scales (default: the config's eval.guidance_scales)")
-    p.add_argument("--samples", type=int, help="examples per evaluated set (default: the config's eval.samples)")
+    p.add_argument("--guidance", type=_finite, nargs="+", help="guidance scales (default: the config's eval.guidance_scales)")
+    p.add_argument("--samples", type=_positive, help="examples per evaluated set (default: the config's eval.samples)")
     p.add_argument("--evaluator", action="append", help="run only this evaluator (repeatable; default: the config's "
                                                          "eval.evaluators, or all that apply)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -355,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output directory (default: a run's own samples/ and report.json, or reconstructions/<codec>)")
     p.add_argument("--role", help="run directories: which codec role (default: the one the run trained)")
     p.add_argument("--split", nargs="+", help="held-out splits, e.g. test photos (default: the data set's held-out sets)")
-    p.add_argument("-n", type=int, default=16, help="items per split shown (and scored, except a run's own report, "
+    p.add_argument("-n", type=_positive, default=16, help="items per split shown (and scored, except a run's own report, "
                                                     "which scores eval.samples; default 16)")
     p.add_argument("--files", nargs="+", help="your own files, read by the codec (read_items), instead of a data set")
     p.add_argument("--data", help="a registered data set to take held-out items from (default: the run's)")
@@ -376,17 +404,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         print(f"latentbridge: error: {err}", file=sys.stderr)
+        return getattr(err, "exit_code", 2)
+    except OSError as err:
+        line = describe_os_error(err)
+        if line is None:
+            return _internal(err, args.debug)
+        if args.debug:
+            traceback.print_exc()
+        print(f"latentbridge: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("latentbridge: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # a bug, not bad input: keep it short unless asked
-        if args.debug:
-            traceback.print_exc()
-        else:
-            print(f"latentbridge: internal error: {type(err).__name__}: {err}\n"
-                  "Rerun with --debug for the traceback, and please report it.", file=sys.stderr)
-        return 1
+        return _internal(err, args.debug)
+
+
+def _internal(err: BaseException, debug: bool) -> int:
+    if debug:
+        traceback.print_exception(err)
+    else:
+        print(f"latentbridge: internal error: {type(err).__name__}: {err}\n"
+              "Rerun with --debug for the traceback, and please report it.", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Annotated, Any, Literal, Sequence
 
-from latentbridge.typedconfig import load_typed
+from latentbridge.typedconfig import Check, Count, NonNegativeFloat, PositiveFloat, PositiveInt, Probability, load_typed
 
 
 # --------------------------------------------------------------------------------------------------
@@ -28,7 +28,7 @@ class TimeSamplerConfig:
     """`logit_normal`: t = sigmoid(loc + scale * N(0, 1)); `uniform`: t ~ U(0, 1)."""
     loc: float | None = None
     """Logit-normal location; null picks it from the latent width (Cola DLM: ~1.0 at 16, ~2.3 at 128)."""
-    scale: float = 1.0
+    scale: PositiveFloat = 1.0
     """Logit-normal scale."""
 
 
@@ -46,11 +46,11 @@ class CodecSlot:
     """Flow-time sampler of this role's blocks during prior training."""
     latents: Literal["mean", "sample"] = "sample"
     """Feed the prior the posterior mean or a posterior sample during training."""
-    steps: int | None = None
+    steps: Count | None = None
     """Codec pre-stage (a codec without `pretrained` trains on its own loss before the prior): steps (null: train.codec_steps)."""
-    lr: float | None = None
+    lr: NonNegativeFloat | None = None
     """Codec pre-stage learning rate (null: train.codec_lr)."""
-    batch_size: int | None = None
+    batch_size: PositiveInt | None = None
     """Codec pre-stage batch size (null: train.batch_size)."""
 
 
@@ -60,13 +60,13 @@ class PriorSection:
 
     preset: Literal["tiny", "small", "base", "large"] = "small"
     """Size preset: tiny (tests), small (CPU), base/large (GPU)."""
-    width: int | None = None
+    width: PositiveInt | None = None
     """Model width; null keeps the preset's."""
-    depth: int | None = None
+    depth: PositiveInt | None = None
     """Number of DiT blocks; null keeps the preset's."""
-    heads: int | None = None
+    heads: PositiveInt | None = None
     """Attention heads; null keeps the preset's."""
-    mlp_ratio: float | None = None
+    mlp_ratio: PositiveFloat | None = None
     """MLP width multiple; null keeps 4."""
     attention: Literal["sdpa", "flex"] = "sdpa"
     """Attention kernel; `flex` applies on CUDA only."""
@@ -84,7 +84,7 @@ class TaskConfig:
     """Roles given as clean `cond` segments, in sequence order."""
     target: str = ""
     """Role generated as the `target` segment."""
-    weight: float = 1.0
+    weight: PositiveFloat = 1.0
     """In a mixture (`tasks`): this task's share of each training batch, relative to the other tasks' weights."""
     data: str | None = None
     """In a mixture: the registered data set its examples come from (null: `data.name`)."""
@@ -97,16 +97,16 @@ class TaskConfig:
 class SamplingConfig:
     """How generation integrates each block."""
 
-    steps: int = 16
+    steps: PositiveInt = 16
     """ODE steps per block (Cola DLM: 8-10 already saturate)."""
     solver: Literal["euler", "heun", "midpoint"] = "euler"
     """Fixed-grid ODE solver."""
-    shift: float = 1.0
+    shift: PositiveFloat = 1.0
     """Time shift of the grid (> 1 spends more steps near noise)."""
-    guidance: list[float] = dataclasses.field(default_factory=lambda: [1.0])
+    guidance: Annotated[list[float], Check(min_len=1)] = dataclasses.field(default_factory=lambda: [1.0])
     """Classifier-free guidance when a caller names none (Pipeline.generate, latentbridge sample): one scale for all
     conditions, or one per cond segment. `latentbridge eval` sweeps eval.guidance_scales instead."""
-    guidance_interval: tuple[float, float] | None = None
+    guidance_interval: tuple[Probability, Probability] | None = None
     """Apply guidance only for t in [lo, hi]; null applies it everywhere."""
     unconditional: Literal["auto", "conditions", "block"] = "auto"
     """What guidance compares against. conditions: the example without its cond segments (what train.cond_dropout
@@ -123,54 +123,54 @@ class TrainConfig:
     """codec: one codec on its own loss; prior: codecs frozen; joint: a codec trains with the prior."""
     codec_role: str | None = None
     """Role whose codec trains in the codec and joint stages (default: the task's target)."""
-    steps: int = 2000
+    steps: PositiveInt = 2000
     """Optimizer steps of the stage."""
-    batch_size: int = 256
+    batch_size: PositiveInt = 256
     """Examples per micro-step, over all processes (must divide by the process count)."""
-    grad_accum: int = 1
+    grad_accum: PositiveInt = 1
     """Micro-steps accumulated per optimizer step."""
-    row_length: int | None = 256
+    row_length: PositiveInt | None = 256
     """Tokens per packed row (several examples share a row); null packs one example per row."""
-    lr: float = 1e-3
+    lr: NonNegativeFloat = 1e-3
     """Peak AdamW learning rate."""
-    betas: tuple[float, float] = (0.9, 0.95)
+    betas: tuple[Annotated[float, Check(ge=0, lt=1)], Annotated[float, Check(ge=0, lt=1)]] = (0.9, 0.95)
     """AdamW betas (Cola DLM: 0.9, 0.95)."""
-    weight_decay: float = 0.01
+    weight_decay: NonNegativeFloat = 0.01
     """AdamW weight decay."""
-    warmup_steps: int = 100
+    warmup_steps: Count = 100
     """Linear warm-up steps before cosine decay to zero."""
-    grad_clip: float = 1.0
+    grad_clip: PositiveFloat = 1.0
     """Gradient norm clip."""
-    cond_dropout: float = 0.1
+    cond_dropout: Annotated[float, Check(ge=0, lt=1)] = 0.1
     """Probability of dropping the cond segments of an example (trains the unconditional pass for guidance)."""
     cond_dropout_mode: Literal["together", "each"] = "together"
     """together: an example's cond segments are dropped all at once (the variant one guidance scale uses); each:
     every cond segment on its own draw, which also trains the one-condition-dropped variants that guidance with one
     scale per condition (sampling.guidance as a list) compares against. Use `each` for per-condition guidance."""
-    codec_steps: int = 300
+    codec_steps: Count = 300
     """Steps of the codec stage (each trainable codec on its own loss) before the prior stage."""
-    codec_lr: float = 1e-2
+    codec_lr: NonNegativeFloat = 1e-2
     """Learning rate of the codec stage."""
     mixed_precision: Literal["no", "bf16"] = "no"
     """bf16 autocast (the CPU here supports it; so do recent GPUs)."""
-    log_every: int = 50
+    log_every: PositiveInt = 50
     """Steps between metrics.jsonl lines."""
-    checkpoint_every: int = 500
+    checkpoint_every: Count = 500
     """Steps between checkpoints (and one at the end); 0 writes none."""
-    keep_checkpoints: int = 3
-    """Newest checkpoints kept; older ones are deleted once a new one is complete."""
+    keep_checkpoints: Count = 3
+    """Newest checkpoints kept; older ones are deleted once a new one is complete (0 keeps all)."""
     cache_latents: bool = False
     """Prior/joint stage, one task on a finite data set: keep the frozen codecs' posteriors on disk as safetensors shards."""
     latent_cache_dir: str | None = None
     """Where the latent cache lives (default <run dir>/latent_cache); share it between runs to reuse it."""
-    ema_decay: float = 0.999
+    ema_decay: Annotated[float, Check(ge=0, lt=1)] = 0.999
     """Decay of the EMA of the trained weights; 0 turns EMA off."""
     ema_warmup: bool = True
     """Warm the EMA up: update n uses decay min(ema_decay, (1 + n) / (10 + n)), so the first steps' weights fade
     out instead of keeping a share decay^steps of the EMA (9% after 1,200 steps at 0.998)."""
-    joint_kl_weight: float = 1.0
+    joint_kl_weight: NonNegativeFloat = 1.0
     """Joint stage: weight of KL(q(z|x) || q_stage1(z|x)), which keeps the codec near its stage-1 encoder."""
-    joint_codec_weight: float = 1.0
+    joint_codec_weight: NonNegativeFloat = 1.0
     """Joint stage: weight of the codec's own loss."""
 
 
@@ -188,9 +188,9 @@ class DataConfig:
 class EvalConfig:
     """Evaluation after training."""
 
-    samples: int = 2000
+    samples: PositiveInt = 2000
     """Generated samples scored (per guidance scale)."""
-    guidance_scales: list[float] = dataclasses.field(default_factory=lambda: [1.0, 2.0, 4.0])
+    guidance_scales: Annotated[list[float], Check(min_len=1)] = dataclasses.field(default_factory=lambda: [1.0, 2.0, 4.0])
     """Guidance scales swept to show what guidance does to the conditional score."""
     evaluators: list[str] | None = None
     """Evaluators to run, by registered name (`latentbridge evaluators list`); null: every installed one that applies."""
@@ -233,13 +233,18 @@ class ExperimentConfig:
             for role in [*task.cond, task.target]:
                 if role and role not in roles:
                     raise ValueError(f"{where} names role {role!r}, which is not under codecs (roles: {', '.join(sorted(roles)) or 'none'})")
-            if where != "task":
-                if not task.target:
-                    raise ValueError(f"{where}.target is empty: name the role the task generates")
-                if task.target in task.cond:
-                    raise ValueError(f"{where}: role {task.target!r} is both a condition and the target")
-                if not task.weight > 0:
-                    raise ValueError(f"{where}.weight must be > 0, got {task.weight}")
+            # the same role rules under `task:` and `tasks:` (a mixture's task also needs its target named)
+            if where != "task" and not task.target:
+                raise ValueError(f"{where}.target is empty: name the role the task generates")
+            if task.target and task.target in task.cond:
+                raise ValueError(f"{where}: role {task.target!r} is both a condition and the target; a role is one or the "
+                                 f"other (remove it from {where}.cond)")
+            twice = sorted({r for r in task.cond if task.cond.count(r) > 1})
+            if twice:
+                raise ValueError(f"{where}.cond names {', '.join(map(repr, twice))} more than once; name each role once")
+        if self.sampling.guidance_interval and self.sampling.guidance_interval[0] > self.sampling.guidance_interval[1]:
+            lo, hi = self.sampling.guidance_interval
+            raise ValueError(f"sampling.guidance_interval [{lo}, {hi}] is empty: write it as [low, high] with low <= high")
         if self.train.codec_role and self.train.codec_role not in roles:
             raise ValueError(f"train.codec_role names role {self.train.codec_role!r}, which is not under codecs "
                              f"(roles: {', '.join(sorted(roles)) or 'none'})")

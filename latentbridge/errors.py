@@ -42,3 +42,38 @@ class DatasetOutputError(LatentbridgeError, ValueError):
 
 class CheckpointError(LatentbridgeError):
     """A saved codec or checkpoint directory is missing, corrupt, or does not match what loads it."""
+
+
+class StoppedError(LatentbridgeError):
+    """Training was stopped by a signal (SIGTERM: preemption; SIGINT: Ctrl-C) after writing a checkpoint."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum  # the shell's convention for a process ended by that signal
+
+
+def describe_os_error(err: OSError) -> str | None:
+    """One line for a filesystem failure a user can fix (full disk, read-only, permissions), with the path, the free
+    space where it matters, and the fix; None for other OSErrors (bugs)."""
+    import errno
+    import shutil
+    from pathlib import Path
+
+    path = err.filename or ""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        probe = Path(path) if path else Path.cwd()
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        try:
+            free = f"{shutil.disk_usage(probe).free / 2**20:,.1f} MiB free"
+        except OSError:
+            free = "free space unknown"
+        return (f"no space left on the device writing {path or 'a file'} ({free} on its filesystem). Free some space "
+                "(or point the run elsewhere), then continue with --resume: finished work and the last checkpoint are kept.")
+    if err.errno == errno.EROFS:
+        return f"{path or 'the target'} is on a read-only filesystem. Pick a writable directory (e.g. --run-dir)."
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return f"no permission to access {path or 'a file'}. Fix its permissions, or pick a directory you can write."
+    if err.errno in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR) and path:
+        return f"{path}: {err.strerror}. Check the path."
+    return None

@@ -5,7 +5,16 @@ codec's or data set's in its own config dataclass). Every config is a tree of da
 carries a one-line docstring (the string literal right under it), which `field_docs` reads back for
 `latentbridge config show --docs`. Values are converted from plain YAML data by `from_dict`, which checks every type against the annotations and
 rejects unknown keys, suggesting the closest valid one. YAML is read with `yaml.safe_load` only: a
-config is data and can never run code or import classes.
+config is data and can never run code or import classes; and it is bounded (file size, nodes after alias
+expansion, no cycles) before anything copies it.
+
+Values are checked by meaning as well as type. A field declares its constraint in its annotation,
+
+    steps: Annotated[int, Check(ge=1)] = 2000        # or the aliases: PositiveInt, Probability, ...
+
+and `from_dict` checks it with the field's dotted path in the message. Every float must be finite (NaN and
+infinities are refused). Rules between fields live in the dataclass's
+`__post_init__` (a ValueError there becomes a ConfigError naming the section).
 """
 
 from __future__ import annotations
@@ -15,12 +24,13 @@ import dataclasses
 import difflib
 import functools
 import inspect
+import math
 import re
 import textwrap
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence, TypeVar, Union
+from typing import Annotated, Any, Literal, Mapping, Sequence, TypeVar, Union
 
 import yaml
 
@@ -28,6 +38,52 @@ from latentbridge.errors import ConfigError
 
 T = TypeVar("T")
 _FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+MAX_YAML_BYTES = 4 << 20  # a config is a few kB; a bigger file is not a config
+MAX_YAML_NODES = 200_000  # values after alias expansion (a billion-laughs file expands to ~10^9)
+
+
+# --------------------------------------------------------------------------------------------------
+# Constraints by meaning
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """A constraint on a number (or on a list's length with `min_len`), declared in the field's annotation."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    min_len: int | None = None
+
+    def describe(self) -> str:
+        lo = f"[{self.ge:g}" if self.ge is not None else f"({self.gt:g}" if self.gt is not None else None
+        hi = f"{self.le:g}]" if self.le is not None else f"{self.lt:g})" if self.lt is not None else None
+        if lo and hi:
+            return f"in {lo}, {hi}"
+        if lo:
+            return f"{'>=' if self.ge is not None else '>'} {lo[1:]}"
+        if hi:
+            return f"{'<=' if self.le is not None else '<'} {hi[:-1]}"
+        if self.min_len is not None:
+            return f"at least {self.min_len} item(s)"
+        return "finite"
+
+    def violated(self, value: Any) -> bool:
+        if self.min_len is not None and isinstance(value, (list, tuple, dict, str)):
+            return len(value) < self.min_len
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return False
+        return bool((self.ge is not None and not value >= self.ge) or (self.gt is not None and not value > self.gt)
+                    or (self.le is not None and not value <= self.le) or (self.lt is not None and not value < self.lt))
+
+
+PositiveInt = Annotated[int, Check(ge=1)]
+Count = Annotated[int, Check(ge=0)]
+PositiveFloat = Annotated[float, Check(gt=0)]
+NonNegativeFloat = Annotated[float, Check(ge=0)]
+Probability = Annotated[float, Check(ge=0, le=1)]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -68,6 +124,9 @@ def type_name(tp: Any) -> str:
     """A readable name for an annotation: `int`, `list[str]`, `'euler' | 'heun'`, `float | None`."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    if origin is Annotated:
+        checks = [a.describe() for a in tp.__metadata__ if isinstance(a, Check)]
+        return f"{type_name(args[0])}{' ' + ', '.join(checks) if checks else ''}"
     if tp is type(None):
         return "null"
     if origin is Literal:
@@ -104,7 +163,7 @@ def from_dict(cls: type[T], data: Any, path: str = "") -> T:
             f"{type(data).__name__} {data!r}."
         )
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     for key in data:
         if key not in fields:
             raise ConfigError(
@@ -144,6 +203,13 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
 
     if tp is Any:
         return value
+    if origin is Annotated:
+        out = _convert(args[0], value, path)
+        for check in tp.__metadata__:
+            if isinstance(check, Check) and check.violated(out):
+                raise ConfigError(f"{path}: must be {check.describe()}, got {out!r}. Fix it in the config file or override it "
+                                  f"with --{path}=VALUE.")
+        return out
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, path)  # type: ignore[arg-type]
     if origin in (Union, types.UnionType):
@@ -179,10 +245,13 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
             return value
         raise wrong()
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
         if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
-            return float(value)  # YAML 1.1 reads 1e-4 (no dot) as text
+            value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as text
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{path}: must be a finite number, got {value!r}. Fix it in the config file or override it "
+                                  f"with --{path}=VALUE.")
+            return float(value)
         raise wrong()
     if tp is str:
         if isinstance(value, str):
@@ -285,20 +354,66 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
                 hint = f" YAML files in {path.parent}/: {', '.join(siblings)}."
         raise ConfigError(f"config file not found: {path}.{hint} Check the path.")
     try:
-        data = yaml.safe_load(path.read_text())
+        size = path.stat().st_size
+        if size > MAX_YAML_BYTES:
+            raise ConfigError(f"{path}: {size:,} bytes is too big for a config file (at most {MAX_YAML_BYTES:,}). "
+                              "Check that the path names the config, not a data file.")
+        raw = path.read_bytes()
+    except PermissionError:
+        raise ConfigError(f"{path}: no permission to read the config file. Fix its permissions (chmod u+r).") from None
+    return parse_yaml(raw, str(path))
+
+
+def parse_yaml(raw: bytes | str, where: str) -> dict[str, Any]:
+    """Parse YAML text holding a mapping (a config), bounded: UTF-8, size, alias expansion, no cycles."""
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{where}: not UTF-8 text (byte {err.start} is 0x{raw[err.start]:02x}). Save the config as "
+                              "UTF-8.") from None
+    if len(raw) > MAX_YAML_BYTES:
+        raise ConfigError(f"{where}: {len(raw):,} characters is too big for a config (at most {MAX_YAML_BYTES:,}).")
+    try:
+        data = yaml.safe_load(raw)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ConfigError(
-            f"{path}: not valid YAML{where}: {problem}. Only plain YAML data is accepted "
-            "(no !!python tags)."
+            f"{where}: not valid YAML{at}: {problem}. Only plain YAML data is accepted (no !!python tags)."
         ) from None
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply to be a config.") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of config keys at the top, got {type(data).__name__}.")
+        raise ConfigError(f"{where}: expected a mapping of config keys at the top, got {type(data).__name__}.")
+    try:
+        nodes = _expanded_size(data, {}, ())
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply to be a config.") from None
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+    if nodes > MAX_YAML_NODES:
+        raise ConfigError(f"{where}: its aliases (*name) expand to {nodes:,} values, more than a config may hold "
+                          f"({MAX_YAML_NODES:,}). Write the values out instead of nesting aliases.")
     return data
+
+
+def _expanded_size(data: Any, sizes: dict[int, int], stack: tuple[int, ...]) -> int:
+    """How many values `data` holds once every alias is expanded (shared nodes counted once per use); a cycle
+    (an alias inside itself) is refused. Computed over the shared nodes, so a billion-laughs file costs nothing."""
+    if not isinstance(data, (dict, list)):
+        return 1
+    key = id(data)
+    if key in stack:
+        raise ConfigError("the YAML refers to itself (an alias inside its own anchor): a config cannot be infinite. "
+                          "Write the values out.")
+    if key not in sizes:
+        children = list(data.values()) if isinstance(data, dict) else data
+        sizes[key] = 1 + sum(_expanded_size(c, sizes, (*stack, key)) for c in children)
+    return sizes[key]
 
 
 def load_typed(path: str | Path, cls: type[T], overrides: Sequence[str] = ()) -> T:

@@ -75,7 +75,7 @@ def test_data_set_names_and_options_are_checked_against_the_registry(autoload_pl
     ({"a": {"cond": ["caption"], "target": "image"}}, None, r"tasks\.a names role 'caption'"),
     ({"a": {"cond": ["text"]}}, None, r"tasks\.a\.target is empty"),
     ({"a": {"cond": ["image"], "target": "image"}}, None, "both a condition and the target"),
-    ({"a": {"target": "image", "weight": 0}}, None, r"tasks\.a\.weight must be > 0"),
+    ({"a": {"target": "image", "weight": 0}}, None, r"tasks\.a\.weight: must be > 0, got 0"),
 ])
 def test_bad_mixtures_are_named(tasks, task, pattern):
     with pytest.raises(ConfigError, match=pattern):

@@ -365,6 +365,15 @@ def _as_is(batch: Any) -> Any:
     return batch  # the worker built the batch; DataLoader's default would turn numpy arrays into tensors
 
 
+def _leave_stop_signals_to_the_trainer(worker_id: int) -> None:
+    """Loader workers ignore SIGINT/SIGTERM: Ctrl-C reaches the whole process group, and the trainer, which finishes
+    its step and checkpoints first, still needs its workers; they end with the trainer (or when it dies)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 class StreamReader:
     """One process's iterator over a ShardStream through a DataLoader, keeping the position of what it handed out."""
 
@@ -390,7 +399,8 @@ class StreamReader:
                                   start=start, rotate=rotate)
         loader = torch.utils.data.DataLoader(self.stream, batch_size=None, num_workers=c.num_workers,
                                              prefetch_factor=c.prefetch if c.num_workers else None,
-                                             persistent_workers=False, collate_fn=_as_is)
+                                             persistent_workers=False, collate_fn=_as_is,
+                                             worker_init_fn=_leave_stop_signals_to_the_trainer if c.num_workers else None)
         self.iterator = iter(loader)
         self.dataset = dataset
         self.skipped = 0

@@ -11,12 +11,13 @@ per-epoch permutations; a `tasks` mixture draws each batch from its tasks' data 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from latentbridge.build import build_codecs
+from latentbridge.build import build_codecs, resolve_codec_configs
 from latentbridge.codecs import Codec
 from latentbridge.config import ExperimentConfig
 from latentbridge.errors import ConfigError
@@ -43,6 +44,11 @@ def stage1_dir(run_dir: Path, role: str) -> Path:
     return Path(run_dir) / "stage1" / role
 
 
+def pre_stage_dir(run_dir: Path, role: str) -> Path:
+    """Where a codec pre-stage keeps its checkpoints until its codec is finished and saved under codecs/<role>."""
+    return Path(run_dir) / "stages" / role
+
+
 def codec_weights(weights: dict[str, Any]) -> dict[str, Any]:
     """The codec's part of a trainer's weights (keys codec.*), keyed as the codec's own state_dict."""
     return {k.removeprefix("codec."): v for k, v in weights.items() if k.startswith("codec.")}
@@ -58,8 +64,9 @@ def train(cfg: ExperimentConfig, run_dir: str | Path, *, reg: Registries | None 
     run_dir = Path(run_dir)
     reg = reg or registries()
     _distributed()
+    resolve_codec_configs(cfg, reg.codecs)  # codec names and options checked, each codec's config filled in, before any work
     with RunLock(run_dir):  # one trainer per run directory; refused at once, naming the holder
-        check_run_dir(run_dir, resume, cfg.name)  # before anything is written: a new run never lands on another's work
+        check_run_dir(run_dir, resume, cfg)  # before anything is written: a new run never lands on another's work
         if not resume and int(os.environ.get("RANK", "0")) == 0:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.yaml").write_text(dump_yaml(cfg))  # from here a kill leaves a run --resume continues
@@ -108,20 +115,28 @@ def _train(cfg: ExperimentConfig, run_dir: Path, reg: Registries, *, resume: boo
         saved = stage1_dir(run_dir, role) if stage == "joint" and role == own else run_dir / "codecs" / role
         if resume and (saved / "codec.json").exists() and not (stage == "codec" and role == own):
             codecs[role] = reg.codecs.load(saved).freeze()
+            if int(os.environ.get("RANK", "0")) == 0:
+                shutil.rmtree(pre_stage_dir(run_dir, role), ignore_errors=True)  # left by a kill right after it finished
             continue
         if role == own and stage == "codec":
             continue
         slot = cfg.codecs[role]
         steps = cfg.train.codec_steps if slot.steps is None else slot.steps
         if codec.trainable and not slot.pretrained and steps:
+            # the pre-stage checkpoints into stages/<role>/checkpoints, so a kill in it resumes it (and its finished
+            # codec is kept under codecs/<role>, which a resume loads instead of training again)
             pre = Trainer(cfg, run_dir, codecs, codec_feed(role), stage="codec", role=role, steps=steps, tasks=tasks,
                           lr=slot.lr or cfg.train.codec_lr, batch_size=slot.batch_size, progress=progress and mixture,
-                          checkpoints=False)
-            pre.fit()
-            pre.batches.close()  # its loader workers end here
+                          ckpt_root=pre_stage_dir(run_dir, role) / "checkpoints", resume=resume)
+            try:
+                pre.fit()
+            finally:
+                pre.batches.close()  # its loader workers end here
             codec.load_state_dict(codec_weights(pre.ema_weights()), strict=True)  # what it samples with: the EMA
         codec.freeze()
         finish_codec(role, saved)
+        if int(os.environ.get("RANK", "0")) == 0:
+            shutil.rmtree(pre_stage_dir(run_dir, role), ignore_errors=True)  # the finished codec is what is kept
     caches = {}
     if cfg.train.cache_latents and stage != "codec":
         if mixture:

@@ -24,7 +24,9 @@ import importlib.util
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -41,13 +43,13 @@ from latentbridge import __version__
 from latentbridge.build import experiment_prior_config
 from latentbridge.codecs import Codec, Posterior
 from latentbridge.config import ExperimentConfig
-from latentbridge.errors import CheckpointError, ConfigError, LatentbridgeError
+from latentbridge.errors import CheckpointError, ConfigError, LatentbridgeError, StoppedError
 from latentbridge.flow import make_time_sampler
 from latentbridge.prior import BlockCausalDiT
 from latentbridge.sequence import SequenceLayout, drop_conditions
 from latentbridge.typedconfig import dump_yaml, to_dict
 from latentbridge.versions import provider_of
-from latentbridge.train.checkpoint import clean_partial, latest_checkpoint, load_checkpoint, save_checkpoint
+from latentbridge.train.checkpoint import clean_partial, latest_checkpoint, load_checkpoint, save_checkpoint, step_name
 from latentbridge.train.feed import LocalBatch, example_generator
 from latentbridge.train.objective import BatchNoise, draw_noise, prior_loss
 
@@ -143,6 +145,44 @@ def _example_noise(post: Posterior, gens: list[torch.Generator]) -> Tensor:
     return eps.to(post.mean.device, post.mean.dtype)
 
 
+class StopSignals:
+    """While training: SIGTERM (preemption) or SIGINT (Ctrl-C) is noted, the step in progress finishes, a checkpoint is
+    written and training stops with StoppedError. A second signal acts at once, as it would without this."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __enter__(self) -> StopSignals:
+        self.received = 0
+        self.previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self.previous[sig] = signal.signal(sig, self._note)
+        return self
+
+    def _note(self, signum: int, frame: Any) -> None:
+        if self.received:  # a second signal: what it would do without us
+            self._restore()
+            signal.raise_signal(signum)
+            return
+        self.received = signum
+
+    def _restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
+
+    def __exit__(self, *exc: Any) -> None:
+        self._restore()
+
+    def agreed(self, device: torch.device) -> int:
+        """The signal any process received (0: none); every process of a run stops at the same step."""
+        if _world() == 1:
+            return self.received
+        flag = torch.tensor([self.received], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag)
+
+
 def _world() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
@@ -177,9 +217,11 @@ class Trainer:
                  role: str | None = None, steps: int | None = None, lr: float | None = None, batch_size: int | None = None,
                  resume: bool = False,
                  init_from: str | Path | None = None,
-                 progress: bool = True, checkpoints: bool = True, tasks: list | None = None) -> None:
+                 progress: bool = True, checkpoints: bool = True, tasks: list | None = None,
+                 ckpt_root: str | Path | None = None) -> None:
         t = cfg.train
         self.cfg, self.run_dir, self.codecs, self.batches = cfg, Path(run_dir), codecs, batches
+        self._ckpt_root = Path(ckpt_root) if ckpt_root is not None else None
         self.stage = stage or t.stage
         self.steps = t.steps if steps is None else steps
         self.lr = t.lr if lr is None else lr
@@ -223,7 +265,8 @@ class Trainer:
 
     @property
     def ckpt_root(self) -> Path:
-        return self.run_dir / "checkpoints"
+        """Where this stage's checkpoints go: <run>/checkpoints, or a codec pre-stage's own <run>/stages/<role>/checkpoints."""
+        return self._ckpt_root or self.run_dir / "checkpoints"
 
     def _prepare_run_dir(self, resume: bool) -> None:
         saved = self.run_dir / "config.yaml"
@@ -279,9 +322,12 @@ class Trainer:
             raise CheckpointError(f"cannot resume {path}: the config changes the architecture ({lines}). Resume with the "
                                   "original config, or start a new run with --init-from for the weights.")
         saved, now = ckpt["state"].get("codecs", {}), self._meta()["codecs"]
-        if saved != now:
-            raise CheckpointError(f"cannot resume {path}: its codecs differ from the ones loaded now.\n  checkpoint: "
-                                  f"{json.dumps(saved, sort_keys=True)}\n  installed:  {json.dumps(now, sort_keys=True)}")
+        if saved != now and self.stage != "codec":  # a codec stage uses no other codec
+            differ = sorted(r for r in {*saved, *now} if saved.get(r) != now.get(r))
+            what = "; ".join(f"{r}: checkpoint {json.dumps(saved.get(r), sort_keys=True)} vs now {json.dumps(now.get(r), sort_keys=True)}"
+                             for r in differ)
+            raise CheckpointError(f"cannot resume {path}: its codecs differ from the ones loaded now ({what}). Resume with the "
+                                  "codecs this run trained with (its codecs/ directory), or start a new run.")
 
     def _load_weights(self, weights: dict[str, Tensor], path: Path) -> None:
         try:
@@ -315,6 +361,17 @@ class Trainer:
         start = time.perf_counter()
         pause = float(os.environ.get(STEP_PAUSE_ENV, "0") or 0)
         self.wrapped.train()
+        with StopSignals() as signals:
+            self._loop(bar, signals, rows, start, pause)
+        self.wrapped.eval()
+        if acc.is_main_process:
+            plot_losses(self.run_dir)
+        for tracker in acc.trackers:  # not acc.end_training(): it would tear down the process group a later stage needs
+            tracker.finish()
+        return rows
+
+    def _loop(self, bar: Any, signals: StopSignals, rows: list, start: float, pause: float) -> None:
+        acc, t = self.acc, self.cfg.train
         for step in bar:
             self.optimizer.zero_grad(set_to_none=True)
             totals: dict[str, float] = {}
@@ -352,16 +409,21 @@ class Trainer:
                         f.write(json.dumps(row) + "\n")
                     bar.set_postfix(loss=f"{values['loss']:.4f}")
                     acc.log({k: v for k, v in row.items() if isinstance(v, float)}, step=step)
-            if self.checkpoints and t.checkpoint_every and (done % t.checkpoint_every == 0 or done == self.steps):
+            wrote = self.checkpoints and t.checkpoint_every and (done % t.checkpoint_every == 0 or done == self.steps)
+            if wrote:
                 self.save(done)
             if pause:
                 time.sleep(pause)
-        self.wrapped.eval()
-        if acc.is_main_process:
-            plot_losses(self.run_dir)
-        for tracker in acc.trackers:  # not acc.end_training(): it would tear down the process group a later stage needs
-            tracker.finish()
-        return rows
+            stop = signals.agreed(acc.device)
+            if stop:  # preemption or Ctrl-C: this step is done; keep it and stop
+                if self.checkpoints and not wrote:
+                    self.save(done)
+                bar.close()
+                what = " ".join(filter(None, [self.stage, self._row_role]))
+                kept = (f"checkpoint {self.ckpt_root / step_name(done)} written; continue with the same command and --resume"
+                        if self.checkpoints else "no checkpoint written (this trainer keeps none)")
+                raise StoppedError(f"stopped by {signal.Signals(stop).name} after step {done} of {self.steps} of the {what} "
+                                   f"stage: {kept}.", stop)
 
     @property
     def _row_role(self) -> str | None:
