@@ -25,6 +25,7 @@ import difflib
 import functools
 import inspect
 import math
+import os
 import re
 import textwrap
 import types
@@ -455,5 +456,8 @@ def _yaml_with_docs(cfg: Any, indent: int) -> list[str]:
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
-    """Write the resolved config as YAML (used for every run and checkpoint)."""
-    Path(path).write_text(dump_yaml(cfg))
+    """Write the resolved config as YAML (used for every run and checkpoint), atomically."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(dump_yaml(cfg))
+    os.replace(tmp, path)  # whole or not at all: a full disk never leaves a config half written

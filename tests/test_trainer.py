@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -131,6 +132,133 @@ def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, uni
     assert max(abs(got[s] - want[s]) for s in want) <= 1e-6
     assert_same_checkpoint(run_dir, uninterrupted)
     assert sorted(p.name for p in ckpts.glob("step_*")) == ["step_0000010", "step_0000020", "step_0000030"]
+
+
+def stage_losses(run_dir: Path) -> dict[tuple, float]:
+    """Every logged loss of every stage: (stage, role, step) -> loss."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    return {(r["stage"], r.get("role"), r["step"]): r["loss"] for r in rows}
+
+
+def assert_same_run(run_dir: Path, uninterrupted: Path) -> None:
+    got, want = stage_losses(run_dir), stage_losses(uninterrupted)
+    assert sorted(got) == sorted(want)
+    assert max(abs(got[k] - want[k]) for k in want) <= 1e-6
+    assert_same_checkpoint(run_dir, uninterrupted)
+    for role in ("label", "point"):  # the codecs the pre-stages finished, bit for bit
+        a, b = (load_file(str(r / "codecs" / role / "model.safetensors")) for r in (run_dir, uninterrupted))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), role
+
+
+# kill points drawn from a seeded generator: (stage, role, the logged step of that stage after which the kill lands)
+_draw = random.Random(19)
+KILL_POINTS = [("codec", "label", _draw.randint(11, 18)), ("codec", "point", _draw.randint(11, 18)),
+               ("prior", None, _draw.randint(11, 27))]
+
+
+def logged(run_dir: Path, stage: str, role: str | None) -> int:
+    path, last = run_dir / "metrics.jsonl", -1
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if (row.get("stage"), row.get("role")) == (stage, role):
+            last = max(last, row["step"])
+    return last
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage,role,at", KILL_POINTS)
+def test_sigkill_in_any_stage_then_resume_is_the_uninterrupted_run(tmp_path, uninterrupted, reg, monkeypatch, stage, role, at):
+    """Killed in a codec pre-stage (which now checkpoints into stages/<role>/) or in the prior stage: --resume keeps
+    the finished stages, continues the interrupted one from its checkpoint, and ends where the uninterrupted run did."""
+    run_dir = tmp_path / "run"
+    proc = start_training(run_dir, env={STEP_PAUSE_ENV: "0.1"})
+    wait_for(lambda: logged(run_dir, stage, role) >= at, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    root = run_dir / ("checkpoints" if stage == "prior" else f"stages/{role}/checkpoints")
+    resumed_at = load_checkpoint(latest_checkpoint(root))["state"]["step"]
+    assert resumed_at >= 10 and not (run_dir / "codecs" / (role or "none") / "codec.json").exists()
+    starts = []
+    fit = Trainer.fit
+    monkeypatch.setattr(Trainer, "fit", lambda self: (starts.append((self.stage, self._row_role, self.start_step)), fit(self))[1])
+    train(load_config(CONFIG, SMALL), run_dir, reg=reg, resume=True, progress=False)
+    assert starts[0] == (stage, role, resumed_at)  # the interrupted stage continues from its checkpoint; finished ones are kept
+    assert_same_run(run_dir, uninterrupted)
+    assert not (run_dir / "stages").exists() or not any((run_dir / "stages").iterdir())  # finished pre-stages leave no checkpoints
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig,stage,role", [(signal.SIGTERM, "prior", None), (signal.SIGINT, "codec", "point")])
+def test_a_stop_signal_checkpoints_the_step_and_resume_is_the_uninterrupted_run(tmp_path, uninterrupted, reg, sig, stage, role):
+    run_dir = tmp_path / "run"
+    proc = start_training(run_dir, env={STEP_PAUSE_ENV: "0.15"})
+    wait_for(lambda: logged(run_dir, stage, role) >= 12, proc)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig, err[-2000:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and f"stopped by {signal.Signals(sig).name} after step " in lines[0], err[-2000:]
+    step = int(lines[0].split("after step ")[1].split()[0])
+    root = run_dir / ("checkpoints" if stage == "prior" else f"stages/{role}/checkpoints")
+    assert latest_checkpoint(root).name == f"step_{step:07d}" and step % 10  # written for the signal, not the schedule
+    assert f"checkpoint {root / f'step_{step:07d}'} written" in lines[0]
+    train(load_config(CONFIG, SMALL), run_dir, reg=reg, resume=True, progress=False)
+    assert_same_run(run_dir, uninterrupted)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 MiB tmpfs (needs root, as in CI); skipped where mounting is not allowed."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)],
+                                           capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    filler = disk / "filler"
+    with filler.open("wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * (1 << 20))
+                f.flush()
+        except OSError:
+            pass
+    return filler
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_cleanly_and_the_run_resumes_once_space_returns(small_disk, uninterrupted, reg):
+    run_dir = small_disk / "run"
+    proc = start_training(run_dir, env={STEP_PAUSE_ENV: "0.1"})
+    wait_for(lambda: logged(run_dir, "prior", None) >= 12, proc)
+    filler = fill(small_disk)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err[-2000:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "no space left on the device" in lines[0] and "MiB free" in lines[0] and str(run_dir) in lines[0], err
+    assert "internal error" not in err
+    last = latest_checkpoint(run_dir / "checkpoints")
+    assert last is not None and load_checkpoint(last)["state"]["step"] % 10 == 0  # the last good checkpoint is intact
+    assert not list((run_dir / "checkpoints").glob(".tmp-*"))  # the partial write was removed
+    filler.unlink()
+    train(load_config(CONFIG, SMALL), run_dir, reg=reg, resume=True, progress=False)
+    assert_same_run(run_dir, uninterrupted)
+
+
+@pytest.mark.slow
+def test_a_read_only_run_directory_is_one_line(tmp_path, small_disk):
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    proc = start_training(small_disk / "run")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and len(err.strip().splitlines()) == 1, err
+    assert "read-only filesystem" in err and str(small_disk / "run") in err
 
 
 def train_one_and_two_processes(config: Path, tmp_path: Path, *overrides: str) -> tuple[dict[int, float], dict[int, float]]:

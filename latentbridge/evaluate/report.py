@@ -16,6 +16,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+from latentbridge.train.metrics import read_metrics_file
+
 REPORT = "report.json"
 
 
@@ -38,8 +40,7 @@ def update_report(run_dir: str | Path, change: Callable[[dict[str, Any]], Any]) 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     """The rows of metrics.jsonl (none if the run logged nothing)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
+    return read_metrics_file(Path(run_dir) / "metrics.jsonl")
 
 
 def _fmt(v: Any) -> str:

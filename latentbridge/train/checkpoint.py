@@ -52,10 +52,52 @@ def save_checkpoint(
     config_yaml: str,
     keep: int,
 ) -> Path:
-    """Write checkpoint `step` atomically, point `latest` at it, and keep only the newest `keep`."""
+    """Write checkpoint `step` atomically, point `latest` at it, and keep only the newest `keep`.
+
+    A write that fails (full disk, read-only filesystem) removes its partial files and raises a CheckpointError
+    naming the directory, the free space and the checkpoint `latest` still names."""
+    tmp = ckpt_root / f".tmp-{step_name(step)}-{os.getpid()}"
+    try:
+        return _write(ckpt_root, step, tmp, model=model, ema=ema, optimizer=optimizer, state=state, config_yaml=config_yaml,
+                      keep=keep)
+    except (OSError, RuntimeError, SafetensorError) as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(_write_failure(ckpt_root, step, err)) from None
+
+
+def _write_failure(ckpt_root: Path, step: int, err: BaseException) -> str:
+    import errno
+
+    probe = Path(ckpt_root)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        free = None
+    code = getattr(err, "errno", None)
+    text = " ".join(str(err).split())
+    # torch.save on a full disk says only "... unexpected pos ..."; safetensors wraps the OS error in its own text
+    full = code in (errno.ENOSPC, errno.EDQUOT) or "No space left" in text or "StorageFull" in text or \
+        (free is not None and free < 64 << 20 and "unexpected pos" in text)
+    latest = latest_checkpoint(ckpt_root) if probe == Path(ckpt_root) else None
+    kept = f"{ckpt_root / LATEST} still names {latest.name}" if latest else "no earlier checkpoint exists"
+    where = f"{free / 2**20:,.1f} MiB free there" if free is not None else "free space unknown"
+    if full:
+        why, fix = f"no space left on the device ({where})", "Free some space, then continue with --resume"
+    elif code == errno.EROFS:
+        why, fix = "the filesystem is read-only", "Make it writable (or copy the run elsewhere), then continue with --resume"
+    elif code in (errno.EACCES, errno.EPERM):
+        why, fix = "no permission to write there", "Fix the directory's permissions, then continue with --resume"
+    else:
+        why, fix = f"{type(err).__name__}: {text[:200]}", "Check the disk, then continue with --resume"
+    return f"could not write checkpoint {step_name(step)} into {ckpt_root}: {why}. {kept}. {fix}."
+
+
+def _write(ckpt_root: Path, step: int, tmp: Path, *, model: dict[str, torch.Tensor], ema: dict[str, torch.Tensor] | None,
+           optimizer: dict[str, Any], state: dict[str, Any], config_yaml: str, keep: int) -> Path:
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / step_name(step)
-    tmp = ckpt_root / f".tmp-{step_name(step)}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()

@@ -28,7 +28,7 @@ from latentbridge.train.feed import Feed
 from latentbridge.train.latent_cache import CachedStream, build_cache
 from latentbridge.train.rundir import RunLock, check_run_dir
 from latentbridge.train.trainer import Trainer
-from latentbridge.typedconfig import dump_yaml
+from latentbridge.typedconfig import save_config
 
 
 def gather_role(parts: list, mix: TaskMixture, role: str, codec: Codec) -> list:
@@ -69,7 +69,7 @@ def train(cfg: ExperimentConfig, run_dir: str | Path, *, reg: Registries | None 
         check_run_dir(run_dir, resume, cfg)  # before anything is written: a new run never lands on another's work
         if not resume and int(os.environ.get("RANK", "0")) == 0:
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.yaml").write_text(dump_yaml(cfg))  # from here a kill leaves a run --resume continues
+            save_config(cfg, run_dir / "config.yaml")  # from here a kill leaves a run --resume continues
         return _train(cfg, run_dir, reg, resume=resume, init_from=init_from, progress=progress)
 
 

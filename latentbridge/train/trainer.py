@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import yaml
 from accelerate import Accelerator
 from torch import Tensor, nn
 from torch import distributed as dist
@@ -47,10 +46,11 @@ from latentbridge.errors import CheckpointError, ConfigError, LatentbridgeError,
 from latentbridge.flow import make_time_sampler
 from latentbridge.prior import BlockCausalDiT
 from latentbridge.sequence import SequenceLayout, drop_conditions
-from latentbridge.typedconfig import dump_yaml, to_dict
+from latentbridge.typedconfig import dump_yaml, parse_yaml, save_config, to_dict
 from latentbridge.versions import provider_of
 from latentbridge.train.checkpoint import clean_partial, latest_checkpoint, load_checkpoint, save_checkpoint, step_name
 from latentbridge.train.feed import LocalBatch, example_generator
+from latentbridge.train.metrics import read_metrics_file
 from latentbridge.train.objective import BatchNoise, draw_noise, prior_loss
 
 STEP_PAUSE_ENV = "LATENTBRIDGE_STEP_PAUSE_S"  # fault injection for tests: sleep after each step (a kill lands between checkpoints)
@@ -271,14 +271,14 @@ class Trainer:
     def _prepare_run_dir(self, resume: bool) -> None:
         saved = self.run_dir / "config.yaml"
         if saved.exists():
-            other = (yaml.safe_load(saved.read_text()) or {}).get("name")
+            other = parse_yaml(saved.read_bytes(), str(saved)).get("name")
             if other != self.cfg.name:
                 raise ConfigError(f"{self.run_dir} holds a run of experiment '{other}', not '{self.cfg.name}'. Pick another --run-dir.")
         if not resume and self.checkpoints and latest_checkpoint(self.ckpt_root) is not None:
             raise ConfigError(f"{self.run_dir} already has checkpoints. Pass --resume to continue that run, or pick another --run-dir "
                               "(nothing is overwritten).")
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        saved.write_text(dump_yaml(self.cfg))
+        save_config(self.cfg, saved)
 
     def _meta(self) -> dict[str, Any]:
         return {
@@ -314,7 +314,7 @@ class Trainer:
         self.resumed_from, self.removed_partial = path, removed
 
     def _check_compatible(self, ckpt: dict[str, Any], path: Path) -> None:
-        old = yaml.safe_load(ckpt["config_yaml"]) or {}
+        old = parse_yaml(ckpt["config_yaml"], f"{path}/config.yaml")
         new = to_dict(self.cfg)
         changed = [k for k in ARCHITECTURE_KEYS if _get(old, k) != _get(new, k)]
         if changed:
@@ -345,13 +345,15 @@ class Trainer:
 
     def fit(self) -> list[dict[str, float]]:
         """Train from start_step to steps, logging and checkpointing; returns the logged rows of this call."""
-        acc, t = self.acc, self.cfg.train
+        acc = self.acc
         if acc.is_main_process:
             self._prepare_run_dir(resume=self.resumed_from is not None)
             metrics = self.run_dir / "metrics.jsonl"
-            rows = [json.loads(line) for line in (metrics.read_text().splitlines() if metrics.exists() else [])]
+            rows = read_metrics_file(metrics)
             kept = [r for r in rows if (r.get("stage"), r.get("role")) != (self.stage, self._row_role) or r["step"] < self.start_step]  # a resume re-logs later steps
-            metrics.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            tmp = metrics.with_name(".metrics.jsonl.tmp")  # replaced whole: a full disk cannot leave it half written
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            os.replace(tmp, metrics)
             if acc.trackers:
                 acc.init_trackers(self.cfg.name, config={k: str(v) for k, v in _flat(to_dict(self.cfg)).items()})
         acc.wait_for_everyone()
@@ -482,7 +484,7 @@ def plot_losses(run_dir: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    rows = read_metrics_file(run_dir / "metrics.jsonl")
     series: dict[str, tuple[list, list]] = {}
     for r in rows:
         for k, v in r.items():
