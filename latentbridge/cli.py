@@ -75,12 +75,17 @@ def cmd_codecs_list(args: argparse.Namespace) -> int:
 
 
 def _print_rows(rows: list[dict], as_json: bool, footer: str) -> int:
+    from latentbridge.plugins import registries
+
+    broken = registries().broken
     if as_json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(rows + [{"name": b.entry_point, "provider": b.provider, "broken": b.error} for b in broken], indent=2))
     else:
         header = list(rows[0]) if rows else ["name"]
         print(_table([[str(r[k]) for k in header] for r in rows], header))
         print(f"\n{len(rows)} {footer}")
+        for b in broken:
+            print(f"BROKEN plugin '{b.entry_point}' from {b.provider}, left out: {b.error}")
     return 0
 
 

@@ -74,6 +74,8 @@ def describe_os_error(err: OSError) -> str | None:
         return f"{path or 'the target'} is on a read-only filesystem. Pick a writable directory (e.g. --run-dir)."
     if err.errno in (errno.EACCES, errno.EPERM):
         return f"no permission to access {path or 'a file'}. Fix its permissions, or pick a directory you can write."
+    if err.errno == errno.EEXIST and path and not Path(path).is_dir():
+        return f"{path} exists and is a file, not a directory. Pick another path (e.g. --run-dir)."
     if err.errno in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR) and path:
         return f"{path}: {err.strerror}. Check the path."
     return None

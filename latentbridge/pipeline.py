@@ -17,6 +17,7 @@ Lc context tokens, Dmax widest codec latent.
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -351,6 +352,12 @@ class Pipeline:
         s = self.cfg.sampling
         if guidance is None:
             guidance = s.guidance[0] if len(s.guidance) == 1 else list(s.guidance)
+        scales = [guidance] if isinstance(guidance, (int, float)) else list(guidance)
+        if not scales or not all(isinstance(g, (int, float)) and not isinstance(g, bool) and math.isfinite(g) for g in scales):
+            raise ConfigError(f"generate: guidance must be a finite number or a list of them (one per condition), got {guidance!r}.")
+        for name, value in (("steps", steps), ("batch_size", batch_size), ("max_tokens", max_tokens), ("num", num)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ConfigError(f"generate: {name} must be a whole number of at least 1, got {value!r}.")
         per_condition = not isinstance(guidance, (int, float)) and len(guidance) > 1 and any(float(g) != 1.0 for g in guidance)
         if per_condition and len(task.cond) > 1 and self.cfg.train.cond_dropout_mode != "each":
             warnings.warn(f"guidance {list(guidance)}: one scale per condition compares against variants with one condition "
@@ -379,7 +386,7 @@ class Pipeline:
             limit = max_tokens or spec.max_tokens or 4 * spec.block_size
             generate_latents(self.prior, self.layout, examples, task.target, limit, stop=stream.push, first_index=start,
                              whole_blocks=True, **kw)
-            out += stream.items()
+            out += codec.check_decoded(stream.items(), size)
         return out
 
 

@@ -16,6 +16,7 @@ import importlib
 import importlib.metadata
 import inspect
 import os
+import warnings
 from pathlib import Path
 from typing import Any, ClassVar, Iterable
 
@@ -169,11 +170,23 @@ class EvaluatorRegistry(Registry):
 
 @dataclasses.dataclass
 class Registries:
-    """The three registries of one plugin manager."""
+    """The three registries of one plugin manager (and the plugins that could not load, which are left out)."""
 
     codecs: CodecRegistry
     datasets: DatasetRegistry
     evaluators: EvaluatorRegistry
+    broken: list[BrokenPlugin] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
+class BrokenPlugin:
+    """A plugin left out because importing it or calling its hook raised: the rest keeps working."""
+
+    entry_point: str
+    provider: str
+    """Distribution and version, e.g. 'latentbridge-foo 0.1.0'."""
+    error: str
+    """What it raised, one line."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -222,12 +235,8 @@ def make_plugin_manager(autoload: bool | None = None, extra_plugins: Iterable[An
             by_name[ep.name] = dist
             try:
                 pm.load_setuptools_entrypoints(hookspecs.ENTRY_POINT_GROUP, name=ep.name)
-            except Exception as err:  # a broken third-party plugin: say which, and how to get rid of it
-                raise PluginError(
-                    f"plugin '{ep.name}' ({ep.value}) from {_dist_label(dist)} failed to load: "
-                    f"{type(err).__name__}: {err}. Fix it, or `pip uninstall {dist.metadata['Name']}`, or set "
-                    f"{AUTOLOAD_ENV}=1 to load only the built-ins."
-                ) from err
+            except Exception as err:  # a broken third-party plugin fails alone: left out, with one warning naming it
+                _left_out(pm, ep.name, _dist_label(dist), err)
     for plugin in extra_plugins:
         pm.register(plugin)
     try:
@@ -253,16 +262,38 @@ def build_registries(pm: pluggy.PluginManager) -> Registries:
                "latentbridge_register_evaluators": regs.evaluators}
     providers = _providers(pm)
     plugins = pm.get_plugins()
+    failed: set[int] = set()
     for hook, reg in targets.items():
         for plugin in plugins:
+            if id(plugin) in failed:
+                continue
             provider = providers.get(id(plugin), f"plugin '{pm.get_name(plugin)}' (registered at runtime)")
             caller = pm.subset_hook_caller(hook, remove_plugins=[p for p in plugins if p is not plugin])
-
-            def register(cls: Any, _provider: str = provider, _reg: Registry = reg) -> None:
-                _reg.register(cls, provider=_provider)
-
-            caller(register=register)
+            staged: list[Any] = []
+            try:
+                caller(register=staged.append)
+            except Exception as err:  # its hook raised: this plugin is left out, the others register
+                if provider == BUILTIN_PROVIDER:
+                    raise
+                failed.add(id(plugin))
+                _left_out(pm, pm.get_name(plugin) or "?", provider, err)
+                continue
+            for cls in staged:  # a class that breaks the contract, or a name taken twice, is still an error
+                reg.register(cls, provider=provider)
+    regs.broken = list(getattr(pm, "latentbridge_broken", []))
+    if failed:  # what a left-out plugin registered under another hook before it failed goes too
+        for reg in targets.values():
+            for name in [n for n, e in reg._entries.items() if e.provider in {b.provider for b in regs.broken}]:
+                del reg._entries[name]
     return regs
+
+
+def _left_out(pm: pluggy.PluginManager, name: str, provider: str, err: BaseException) -> None:
+    detail = " ".join(f"{type(err).__name__}: {err}".split())[:300]
+    broken = BrokenPlugin(name, provider, detail)
+    pm.latentbridge_broken = [*getattr(pm, "latentbridge_broken", []), broken]  # type: ignore[attr-defined]
+    warnings.warn(f"plugin '{name}' from {provider} failed to load and is left out ({detail}). Fix it, or `pip uninstall "
+                  f"{provider.split()[0]}`; {AUTOLOAD_ENV}=1 loads only the built-ins.", stacklevel=3)
 
 
 _REGISTRIES: Registries | None = None

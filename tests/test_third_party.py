@@ -143,12 +143,44 @@ def test_two_distributions_with_one_entry_point_name_are_refused(tmp_path):
     assert "latentbridge-toy 0.2.0" in proc.stderr and "latentbridge-samename 0.1.0" in proc.stderr
 
 
-def test_a_broken_plugin_is_named_with_the_way_out(tmp_path):
+def test_a_broken_plugin_fails_alone_named_with_the_way_out(tmp_path):
+    """A plugin that raises at import is left out with one warning; every other codec keeps working, and
+    `codecs list` shows it as broken (it used to break every command)."""
     src = make_distribution(tmp_path, "latentbridge-broken", "lb_broken", "import no_such_module_here\n")
-    proc = cli("codecs", "list", pythonpath=install_target(src, tmp_path / "site"))
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "plugin 'lb_broken' (lb_broken) from latentbridge-broken 0.1.0 failed to load" in proc.stderr
+    site = install_target(src, tmp_path / "site")
+    proc = cli("codecs", "list", pythonpath=site)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "plugin 'lb_broken' from latentbridge-broken 0.1.0 failed to load and is left out" in proc.stderr
+    assert "ModuleNotFoundError" in proc.stderr
     assert "pip uninstall latentbridge-broken" in proc.stderr and "LATENTBRIDGE_DISABLE_PLUGIN_AUTOLOAD=1" in proc.stderr
+    assert "BROKEN plugin 'lb_broken' from latentbridge-broken 0.1.0" in proc.stdout
+    assert "text-vae" in proc.stdout  # the other plugins still load
+    shown = cli("codecs", "show", "identity", pythonpath=site)
+    assert shown.returncode == 0, shown.stderr
+
+
+def test_a_plugin_whose_hook_raises_fails_alone(tmp_path):
+    body = """
+        from latentbridge.codecs.identity import IdentityCodec
+        from latentbridge.hookspecs import hookimpl
+
+        class Fine(IdentityCodec):
+            name = "fine-codec"
+
+        @hookimpl
+        def latentbridge_register_codecs(register):
+            register(Fine)
+
+        @hookimpl
+        def latentbridge_register_datasets(register):
+            raise RuntimeError("no data today")
+    """
+    site = install_target(make_distribution(tmp_path, "latentbridge-halfway", "lb_halfway", body), tmp_path / "site")
+    proc = cli("codecs", "list", pythonpath=site)
+    assert proc.returncode == 0, proc.stderr
+    assert "plugin 'lb_halfway' from latentbridge-halfway 0.1.0 failed to load and is left out (RuntimeError: no data today)" \
+        in proc.stderr
+    assert "fine-codec" not in proc.stdout.split("BROKEN")[0]  # what it registered before failing is left out too
 
 
 def test_a_plugin_whose_encode_returns_nan_fails_the_check_with_its_name(tmp_path):

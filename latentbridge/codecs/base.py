@@ -19,12 +19,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
@@ -214,7 +216,7 @@ class Codec(nn.Module):
                 f"codec '{self.name}' decodes latents of shape [B, N, {self.latent_spec.dim}], "
                 f"got {tuple(v.shape)}"
             )
-        return self.raw_decode(self.stats.denormalize(v), latents.lengths)
+        return self.check_decoded(self.raw_decode(self.stats.denormalize(v), latents.lengths), v.shape[0])
 
     def freeze(self) -> Codec:
         """Eval mode and no gradients: what the prior stage does to a codec."""
@@ -249,6 +251,26 @@ class Codec(nn.Module):
             f"codec '{self.name}' ({type(self).__module__}.{type(self).__qualname__}): {problem} "
             f"Fix the codec's raw_encode or its latent_spec."
         )
+
+    def check_decoded(self, items: Any, count: int) -> list[Any]:
+        """Raise CodecOutputError unless `items` is a list of `count` items without NaN or infinite numbers (what
+        raw_decode and a DecoderStream's items() hand back); return them as a list."""
+        if not isinstance(items, (list, tuple)):
+            raise CodecOutputError(f"codec '{self.name}' ({type(self).__module__}.{type(self).__qualname__}): decoding must "
+                                   f"return a list of items, got {type(items).__name__}. Fix the codec's raw_decode.")
+        if len(items) != count:
+            raise CodecOutputError(f"codec '{self.name}' ({type(self).__module__}.{type(self).__qualname__}): decoding "
+                                   f"{count} latent sequences returned {len(items)} items. Fix the codec's raw_decode.")
+        for i, item in enumerate(items):
+            for part in (item.values() if isinstance(item, dict) else item if isinstance(item, tuple) else (item,)):
+                bad = (isinstance(part, Tensor) and part.is_floating_point() and not bool(torch.isfinite(part).all())) or \
+                    (type(part).__module__ == "numpy" and getattr(part, "dtype", None) is not None and part.dtype.kind in "fc"
+                     and not bool(np.isfinite(part).all()))
+                if bad or (isinstance(part, float) and not math.isfinite(part)):
+                    raise CodecOutputError(f"codec '{self.name}' ({type(self).__module__}.{type(self).__qualname__}): decoded "
+                                           f"item {i} holds NaN or infinite values. Fix the codec's raw_decode (or check the "
+                                           "latents it was given).")
+        return list(items)
 
     def check_posterior(self, post: Any) -> None:
         """Raise CodecOutputError unless `post` fits latent_spec (shape, dtype, device, lengths, finite values)."""

@@ -268,7 +268,10 @@ class AudioVAE(Codec):
         """Natural-log mel magnitudes [M, T] of one wave [L] (floored at LOG_FLOOR)."""
         c = self.config
         mel, _, _ = _transforms(c.sample_rate, c.n_fft, c.hop, c.n_mels, c.f_max, c.griffin_lim_iters)
-        return mel(wave.float().cpu()).clamp_min(LOG_FLOOR).log()
+        wave = wave.float().cpu()
+        if wave.numel() <= c.n_fft // 2:  # the centred STFT reflects n_fft/2 samples at each end: a shorter clip gets silence
+            wave = F.pad(wave, (0, c.n_fft // 2 + 1 - wave.numel()))
+        return mel(wave).clamp_min(LOG_FLOOR).log()
 
     def collate(self, items: Sequence[Any]) -> dict[str, Tensor]:
         """{"mel": normalized log-mel [B, M, T] (silence-padded), "tokens": [B], "wave": [B, L] (zero-padded), "samples": [B]}."""

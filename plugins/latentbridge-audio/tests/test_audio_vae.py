@@ -103,6 +103,15 @@ def test_long_clips_are_cut_to_max_seconds():
     assert batch["wave"].shape[-1] == 16000 and int(batch["tokens"][0]) == codec.latent_spec.max_tokens
 
 
+@pytest.mark.parametrize("samples", [1, 10, 512])
+def test_clips_shorter_than_half_a_window_encode_as_one_token(samples):
+    """A 10-sample WAV used to end in torch's "Padding size should be less than the corresponding input dimension"."""
+    codec = AudioVAE(SMALL)
+    latents = codec.encode_items([np.ones(samples, np.float32) * 0.1])
+    assert latents.lengths.tolist() == [1] and bool(torch.isfinite(latents.values).all())
+    assert len(codec.decode(latents)) == 1
+
+
 @pytest.mark.slow
 def test_learns_to_reconstruct_real_speech():
     torch.manual_seed(0)
