@@ -437,10 +437,12 @@ def _yaml_with_docs(cfg: Any, indent: int) -> list[str]:
     pad = " " * indent
     lines: list[str] = []
     docs = field_docs(type(cfg))
+    hints = typing.get_type_hints(type(cfg), include_extras=True)
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         if f.name in docs:
-            lines.append(f"{pad}# {docs[f.name]}")
+            checked = "Check(" in repr(hints.get(f.name))  # a declared range: say it beside the doc
+            lines.append(f"{pad}# {docs[f.name]}" + (f" [{type_name(hints[f.name])}]" if checked else ""))
         if dataclasses.is_dataclass(value):
             lines.append(f"{pad}{f.name}:")
             lines.extend(_yaml_with_docs(value, indent + 2))

@@ -12,7 +12,6 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -23,7 +22,7 @@ from latentbridge.codecs import Latents
 from latentbridge.codecs.identity import IdentityCodec
 from latentbridge.config import load_config
 from latentbridge.data.stream import DataFileError, StreamReader
-from latentbridge.errors import CheckpointError, CodecOutputError, ConfigError, LatentbridgeError, UnknownNameError
+from latentbridge.errors import CodecOutputError, ConfigError, LatentbridgeError, UnknownNameError
 from latentbridge.pipeline import Pipeline
 from latentbridge.plugins import registries
 from latentbridge.train.experiment import train
