@@ -65,6 +65,7 @@ def train(cfg: ExperimentConfig, run_dir: str | Path, *, reg: Registries | None 
     reg = reg or registries()
     _distributed()
     resolve_codec_configs(cfg, reg.codecs)  # codec names and options checked, each codec's config filled in, before any work
+    tasks_of(cfg, reg)  # so are data-set names and options
     with RunLock(run_dir):  # one trainer per run directory; refused at once, naming the holder
         check_run_dir(run_dir, resume, cfg)  # before anything is written: a new run never lands on another's work
         if not resume and int(os.environ.get("RANK", "0")) == 0:
