@@ -37,6 +37,12 @@ def resolve_codec_configs(cfg: ExperimentConfig, reg: CodecRegistry) -> dict[str
         resolved[role] = reg.config(slot.codec, slot.config, f"codecs.{role}.config")
         if not slot.pretrained:  # a pretrained codec's config comes from its directory; keep the overrides only
             slot.config = to_dict(resolved[role])
+    targets = [("task.target", cfg.task.target)] + [(f"tasks.{n}.target", t.target) for n, t in cfg.tasks.items()]
+    for where, role in targets:
+        if role in cfg.codecs and not reg.get(cfg.codecs[role].codec).decodes:
+            raise ConfigError(f"{where}: role '{role}' uses codec '{cfg.codecs[role].codec}', which only encodes (a "
+                              "condition-only codec, no decoder): it can be a condition (`cond`), not a target. Generate a "
+                              "role whose codec decodes.")
     return resolved
 
 

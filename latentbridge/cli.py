@@ -61,14 +61,18 @@ def cmd_codecs_list(args: argparse.Namespace) -> int:
 
     rows = []
     for entry in registries().codecs.entries():
-        spec = entry.cls().latent_spec  # default config
+        try:
+            spec = entry.cls().latent_spec  # default config
+        except LatentbridgeError:  # a codec that needs options (e.g. a model directory): its spec comes from them
+            spec = None
         rows.append({
             "name": entry.name,
             "modality": entry.cls.modality,
-            "dim": spec.dim,
-            "block_size": spec.block_size,
-            "tokens": spec.tokens_per_item if spec.fixed else "variable",
-            "end": spec.end,
+            "dim": spec.dim if spec else "(config)",
+            "block_size": spec.block_size if spec else "(config)",
+            "tokens": ("variable" if not spec.fixed else spec.tokens_per_item) if spec else "(config)",
+            "end": spec.end if spec else "-",
+            "decodes": "yes" if entry.cls.decodes else "no (condition only)",
             "provider": entry.provider,
         })
     return _print_rows(rows, args.json, "codec(s). Latent specs are for default configs; `latentbridge codecs show NAME` lists options.")

@@ -184,7 +184,7 @@ class CodecConformance:
     def test_stats_round_trip(self) -> None:
         codec, items, batch = self._setup()
         with torch.no_grad():
-            plain = codec.decode(codec.encode(batch))
+            plain = codec.decode(codec.encode(batch)) if codec.decodes else None
             self._nontrivial_stats(codec)
             raw = codec.raw_encode(batch)
             lat = codec.encode(batch)
@@ -194,6 +194,8 @@ class CodecConformance:
                      "encode() is not (raw mean - stats.shift) / stats.scale: do not normalize inside raw_encode")
             back = codec.stats.denormalize(lat.values)[mask]
             _require(torch.allclose(back, raw.mean[mask], atol=self.atol), "stats.denormalize does not invert stats.normalize")
+            if not codec.decodes:  # a condition-only codec: nothing to decode
+                return
             scaled = codec.decode(lat)
         same = all(_same_item(a, b, 1e-4) for a, b in zip(plain, scaled))
         _require(same, "decode(encode(x)) changes when the stats change: raw_encode/raw_decode must work in raw units "
@@ -227,6 +229,13 @@ class CodecConformance:
     @_check
     def test_decode_type_and_shape(self) -> None:
         codec, items, batch = self._setup()
+        if not codec.decodes:  # a condition-only codec: decode must refuse, saying what it is
+            try:
+                codec.decode(codec.encode(batch))
+            except LatentbridgeError as err:
+                _require("only encodes" in str(err), f"a condition-only codec's decode must say it only encodes, got: {err}")
+                return
+            raise AssertionError("a condition-only codec (decodes = False) decoded instead of refusing")
         with torch.no_grad():
             out = codec.decode(codec.encode(batch))
         _require(isinstance(out, list) and len(out) == len(items), f"decode must return a list of {len(items)} items, got {type(out).__name__}")

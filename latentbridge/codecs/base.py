@@ -55,6 +55,21 @@ class Codec(nn.Module):
     config_class: ClassVar[type] = NoConfig
     trainable: ClassVar[bool] = True
     """False for codecs with nothing to learn (their loss raises; the codec stage refuses them)."""
+    decodes: ClassVar[bool] = True
+    """False for condition-only codecs (e.g. a frozen text encoder): they encode `cond` segments and have no decoder,
+    so a task can never generate them (refused as a target) and decode() raises."""
+
+    @property
+    def ships_weights(self) -> bool:
+        """True when the codec wraps weights trained elsewhere (a pretrained model read from disk): it is used frozen,
+        with no codec pre-stage unless the experiment asks for one (`codecs.<role>.steps`)."""
+        return False
+
+    @property
+    def publishes_stats(self) -> bool:
+        """True when the latent shift and scale come from the wrapped model (set in __init__), so training does not fit
+        them from data."""
+        return False
 
     def __init__(self, config: Any = None) -> None:
         super().__init__()
@@ -205,6 +220,9 @@ class Codec(nn.Module):
 
     def decode(self, latents: Latents) -> list[Any]:
         """Normalized latents -> a list of B items."""
+        if not self.decodes:
+            raise CodecOutputError(f"codec '{self.name}' only encodes (a condition-only codec): it has no decoder. Use it as a "
+                                   "`cond` role; generate another role.")
         if latents.codec != self.name:
             raise CodecOutputError(
                 f"codec '{self.name}' was asked to decode latents made by codec '{latents.codec}'. "

@@ -102,7 +102,7 @@ def _train(cfg: ExperimentConfig, run_dir: Path, reg: Registries, *, resume: boo
 
     def finish_codec(role: str, directory: Path) -> None:  # fit the stats of a codec trained here, keep it in the run
         codec = codecs[role]
-        if not cfg.codecs[role].pretrained:
+        if not cfg.codecs[role].pretrained and not codec.publishes_stats:  # stats a wrapped model publishes are kept
             if mixture:
                 items = gather_role(mix.stats_sample(role, 4096), mix, role, codec)
             else:
@@ -122,7 +122,8 @@ def _train(cfg: ExperimentConfig, run_dir: Path, reg: Registries, *, resume: boo
         if role == own and stage == "codec":
             continue
         slot = cfg.codecs[role]
-        steps = cfg.train.codec_steps if slot.steps is None else slot.steps
+        # a codec wrapping trained weights is used frozen unless its role asks for a pre-stage (codecs.<role>.steps)
+        steps = (slot.steps or 0) if codec.ships_weights else cfg.train.codec_steps if slot.steps is None else slot.steps
         if codec.trainable and not slot.pretrained and steps:
             # the pre-stage checkpoints into stages/<role>/checkpoints, so a kill in it resumes it (and its finished
             # codec is kept under codecs/<role>, which a resume loads instead of training again)
