@@ -249,7 +249,7 @@ class CodecConformance:
     @_check
     def test_device_follows_module(self) -> None:
         codec, items, batch = self._setup()
-        devices = (["meta"] if self.check_meta_device else []) + _accelerators()
+        devices = (["meta"] if self.check_meta_device and codec.runs_on_meta else []) + _accelerators()
         for device in devices:
             moved = copy.deepcopy(codec).to(device)
             try:

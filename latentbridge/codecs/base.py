@@ -55,6 +55,9 @@ class Codec(nn.Module):
     config_class: ClassVar[type] = NoConfig
     trainable: ClassVar[bool] = True
     """False for codecs with nothing to learn (their loss raises; the codec stage refuses them)."""
+    runs_on_meta: ClassVar[bool] = True
+    """False for codecs around third-party models whose forward reads tensor values (e.g. `.item()`), which torch's
+    `meta` device cannot; the conformance kit then checks device placement on real devices only."""
     decodes: ClassVar[bool] = True
     """False for condition-only codecs (e.g. a frozen text encoder): they encode `cond` segments and have no decoder,
     so a task can never generate them (refused as a target) and decode() raises."""

@@ -73,6 +73,7 @@ class WrappedModelCodec(Codec):
     """A codec around a model read from disk: frozen by default, the model saved inside the codec directory."""
 
     model_attr = "model"
+    runs_on_meta = False  # diffusers' and transformers' forwards read tensor values
 
     @property
     def ships_weights(self) -> bool:

@@ -35,8 +35,8 @@ class TextEncoderConfig:
     path: str = ""
     """The model directory (config.json, weights and tokenizer files), or a pipeline directory with `subfolder`."""
     subfolder: str | None = None
-    """Folder of the text encoder inside `path`, e.g. `text_encoder`; the tokenizer is read from it, else from
-    `tokenizer/` beside it."""
+    """Folder of the text encoder inside `path`, e.g. `text_encoder` (or `text_encoder_2`); the tokenizer is read from
+    it, else from `tokenizer/` (or `tokenizer_2/`) beside it, as pipeline directories lay them out."""
     pooling: Literal["mean", "tokens"] = "mean"
     """mean: one latent token per text (the mean of its hidden states); tokens: one latent per text token."""
     normalize: bool = False
@@ -57,10 +57,11 @@ def _model_class(config: dict[str, Any]) -> Any:
 def _tokenizer(directory: Path, codec: str) -> Any:
     from transformers import AutoTokenizer
 
-    for where in (directory, directory.parent / "tokenizer"):
+    suffix = directory.name.removeprefix("text_encoder") if directory.name.startswith("text_encoder") else ""
+    for where in (directory, directory.parent / f"tokenizer{suffix}", directory.parent / "tokenizer"):  # pipeline layouts
         if any((where / f).is_file() for f in ("tokenizer.json", "vocab.txt", "spiece.model", "vocab.json", "tokenizer_config.json")):
             return load_from(AutoTokenizer.from_pretrained, where, codec)
-    raise ConfigError(f"codec '{codec}': no tokenizer files in {directory} (or {directory.parent / 'tokenizer'}). Save the "
+    raise ConfigError(f"codec '{codec}': no tokenizer files in {directory} (or {directory.parent / f'tokenizer{suffix}'}). Save the "
                       "tokenizer beside the model (tokenizer.save_pretrained(DIR)).")
 
 

@@ -182,7 +182,6 @@ def test_minilm_gives_the_sentence_transformers_vectors():
 
 
 class _Kit(CodecConformance):
-    check_meta_device = False  # diffusers' and transformers' modules are checked on real devices
     atol = 1e-4
 
 
@@ -280,36 +279,74 @@ def _experiment(tmp_path: Path, target: dict, data: dict) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["image", "audio"])
-def test_a_tiny_prior_trains_and_samples_over_frozen_pretrained_codecs(tmp_path, autoload_plugins, family):
+@pytest.mark.parametrize("kind", ["kl4", "kl16", "dc", "oobleck", "dac"])
+def test_a_tiny_prior_trains_and_samples_over_frozen_pretrained_codecs(tmp_path, autoload_plugins, kind):
     from latentbridge.pipeline import Pipeline
     from latentbridge.train.experiment import train
 
+    family = "audio" if kind in ("oobleck", "dac") else "image"
+    sub = "vae" if kind == "kl16" else None
     if family == "image":
-        target = {"codec": "pretrained-image", "config": {"path": str(model_dir("kl16")), "subfolder": "vae", "image_size": 16}}
+        target = {"codec": "pretrained-image", "config": {"path": str(model_dir(kind)), "subfolder": sub, "image_size": 16}}
         data = {"name": "imagefolder", "config": {"path": str(D.write_imagefolder(tmp_path / "images", 24, size=16)),
                                                   "image_size": 16, "fields": {"target": "file_name", "caption": "text"}}}
-        source = model_dir("kl16") / "vae" / "diffusion_pytorch_model.safetensors"
+        source = model_dir(kind) / (sub or "") / "diffusion_pytorch_model.safetensors"
     else:
-        target = {"codec": "pretrained-audio", "config": {"path": str(model_dir("dac")), "block_frames": 8, "max_seconds": 0.05}}
+        target = {"codec": "pretrained-audio", "config": {"path": str(model_dir(kind)), "block_frames": 8, "max_seconds": 0.05}}
         data = {"name": "audiofolder", "config": {"path": str(D.write_audiofolder(tmp_path / "audio", 12)),
                                                   "fields": {"target": "file_name", "caption": "text"}}}
-        source = model_dir("dac") / "model.safetensors"
+        source = model_dir(kind) / ("model.safetensors" if kind == "dac" else "diffusion_pytorch_model.safetensors")
     run = tmp_path / "run"
     codecs, prior, _ = train(load_config(_experiment(tmp_path, target, data)), run, progress=False)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert {r["stage"] for r in rows} == {"prior"} and len(rows) == 6  # no codec pre-stage: both codecs came trained
     saved = load_file(str(run / "codecs" / "target" / "model.safetensors"))
     original = load_file(str(source))
-    assert all(torch.equal(saved[f"model.{k}"], v) for k, v in original.items())  # the pretrained weights, untouched
-    if family == "image":  # published stats kept, not refitted
-        assert torch.allclose(codecs["target"].stats.shift, torch.full((64,), 0.1159))
+    if kind != "oobleck":  # (Oobleck's legacy weight norm is folded into plain weights on load)
+        assert all(torch.equal(saved[f"model.{k}"], v) for k, v in original.items())  # the pretrained weights, untouched
+    stats = codecs["target"].stats
+    if kind == "kl16":  # published scale and shift kept, not refitted
+        assert torch.allclose(stats.shift, torch.full((64,), 0.1159)) and torch.allclose(stats.scale, torch.full((64,), 1 / 0.3611))
+    elif kind in ("kl4", "dc"):  # published scale, no shift
+        assert torch.equal(stats.shift, torch.zeros_like(stats.shift))
     else:  # none published: fitted from the data
-        assert not torch.equal(codecs["target"].stats.scale, torch.ones_like(codecs["target"].stats.scale))
+        assert not torch.equal(stats.scale, torch.ones_like(stats.scale))
     pipe = Pipeline.from_pretrained(run)
+    fresh = image_codec(kind) if family == "image" else audio_codec(kind, block_frames=8, max_seconds=0.05)
+    batch = fresh.collate(fresh.example_items(2, torch.Generator().manual_seed(0)))
+    with torch.no_grad():  # the run's saved codec is the model it was given
+        assert torch.allclose(pipe.codecs["target"].raw_encode(batch).mean, fresh.raw_encode(batch).mean, atol=1e-6)
     out = pipe.generate({"caption": ["a small red apple", "a blue bird"]}, steps=2)
     assert len(out) == 2
     if family == "image":
         assert all(o.shape == (16, 16, 3) and o.dtype == np.uint8 for o in out)
     else:
         assert all(o.ndim == 1 and np.isfinite(o).all() for o in out)
+
+
+def test_a_pipeline_layout_finds_the_tokenizer_beside_the_encoder(tmp_path):
+    """As diffusers pipelines lay them out (FLUX: text_encoder_2/ with tokenizer_2/)."""
+    shutil.copytree(model_dir("bert"), tmp_path / "text_encoder_2")
+    (tmp_path / "tokenizer_2").mkdir()
+    for f in (tmp_path / "text_encoder_2").iterdir():
+        if f.name not in ("config.json", "model.safetensors"):
+            shutil.move(str(f), tmp_path / "tokenizer_2" / f.name)
+    codec = TextEncoder({"path": str(tmp_path), "subfolder": "text_encoder_2"})
+    alone = TextEncoder({"path": str(model_dir("bert"))})
+    with torch.no_grad():
+        assert torch.equal(codec.encode_items(["a red cat"]).values, alone.encode_items(["a red cat"]).values)
+    shutil.rmtree(tmp_path / "tokenizer_2")
+    with pytest.raises(ConfigError, match=r"no tokenizer files in .*text_encoder_2 \(or .*tokenizer_2\)"):
+        TextEncoder({"path": str(tmp_path), "subfolder": "text_encoder_2"})
+
+
+@pytest.mark.slow
+def test_codecs_check_all_skips_codecs_that_need_a_model_directory(autoload_plugins, capsys):
+    from latentbridge.cli import main
+
+    code = main(["codecs", "check", "--all"])
+    out = capsys.readouterr().out
+    assert "codec 'pretrained-image' from latentbridge-pretrained 0.2.0: skipped, it needs options (codec 'pretrained-image': " \
+           "config.path is empty" in out
+    assert "codec 'minilm' from latentbridge-pretrained 0.2.0\n" in out  # checked: its weights come with its package
+    assert code == 0, out
