@@ -263,6 +263,33 @@ def _start(config: Path, run_dir: Path, *extra: str, processes: int = 1, pause: 
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
+def _processes_of(run_dir: Path) -> list[int]:
+    """Pids whose command line names `run_dir` (a training, its torchrun workers and their forked loader workers)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if str(run_dir).encode() in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def kill_every_process_of(run_dir: Path, timeout: float = 60.0) -> None:
+    """SIGKILL every process of a training into `run_dir` and wait until all are gone. A process group is not enough:
+    torchrun starts each worker in a session of its own, and a worker left running keeps the run directory's lock."""
+    deadline = time.time() + timeout
+    while pids := _processes_of(run_dir):
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        assert time.time() < deadline, f"processes of {run_dir} survive SIGKILL: {pids}"
+        time.sleep(0.05)
+
+
 def _logged(run_dir: Path) -> int:
     path, last = run_dir / "metrics.jsonl", -1
     for line in path.read_text().splitlines() if path.exists() else []:
@@ -289,14 +316,8 @@ def test_sigkill_then_resume_with_streaming_data_reproduces_the_losses(files, tm
         assert proc.poll() is None, proc.stderr.read()[-3000:]
         assert time.time() < deadline, "timed out waiting for step 24"
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # the launcher, the training processes and their loader workers
+    kill_every_process_of(run)  # the launcher, the training processes (torchrun starts each in its own session), workers
     proc.wait()
-    while True:  # every process of the group gone (loader workers share the run directory's lock)
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.05)
     assert latest_checkpoint(run / "checkpoints").name == "step_0000020"
     state = json.loads((run / "checkpoints" / "step_0000020" / "state.json").read_text())
     assert len(state["data"]) == processes and all(d["text/prior"]["batches"] == 20 for d in state["data"])
