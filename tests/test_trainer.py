@@ -21,6 +21,7 @@ from latentbridge.config import load_config
 from latentbridge.errors import CheckpointError, ConfigError
 from latentbridge.train.experiment import train
 from latentbridge.plugins import build_registries, make_plugin_manager
+from latentbridge.train.metrics import read_metrics_file
 from latentbridge.train.checkpoint import PAUSE_ENV, latest_checkpoint, load_checkpoint
 from latentbridge.train.trainer import STEP_PAUSE_ENV, Trainer, TrainingError, ema_avg_fn
 from latentbridge.typedconfig import dump_yaml
@@ -42,17 +43,11 @@ def losses(run_dir: Path, stage: str = "prior") -> dict[int, float]:
     return {r["step"]: r["loss"] for r in rows if r["stage"] == stage}
 
 
-def logged_steps(run_dir: Path, stage: str = "prior") -> int:
-    """The last step of `stage` a running training has logged (-1: none yet); a line still being written is skipped."""
-    path, last = run_dir / "metrics.jsonl", -1
-    for line in path.read_text().splitlines() if path.exists() else []:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if row.get("stage") == stage:
-            last = max(last, row["step"])
-    return last
+def logged_steps(run_dir: Path, stage: str = "prior", role: str | None = None) -> int:
+    """The last step of `stage` (and codec `role`) a running training has logged (-1: none yet); a line still being
+    written is skipped (read_metrics_file)."""
+    steps = [r["step"] for r in read_metrics_file(run_dir / "metrics.jsonl") if (r.get("stage"), r.get("role")) == (stage, role)]
+    return max(steps, default=-1)
 
 
 def cli_env() -> dict[str, str]:
@@ -156,18 +151,6 @@ KILL_POINTS = [("codec", "label", _draw.randint(11, 18)), ("codec", "point", _dr
                ("prior", None, _draw.randint(11, 27))]
 
 
-def logged(run_dir: Path, stage: str, role: str | None) -> int:
-    path, last = run_dir / "metrics.jsonl", -1
-    for line in path.read_text().splitlines() if path.exists() else []:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if (row.get("stage"), row.get("role")) == (stage, role):
-            last = max(last, row["step"])
-    return last
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("stage,role,at", KILL_POINTS)
 def test_sigkill_in_any_stage_then_resume_is_the_uninterrupted_run(tmp_path, uninterrupted, reg, monkeypatch, stage, role, at):
@@ -175,7 +158,7 @@ def test_sigkill_in_any_stage_then_resume_is_the_uninterrupted_run(tmp_path, uni
     the finished stages, continues the interrupted one from its checkpoint, and ends where the uninterrupted run did."""
     run_dir = tmp_path / "run"
     proc = start_training(run_dir, env={STEP_PAUSE_ENV: "0.1"})
-    wait_for(lambda: logged(run_dir, stage, role) >= at, proc)
+    wait_for(lambda: logged_steps(run_dir, stage, role) >= at, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     root = run_dir / ("checkpoints" if stage == "prior" else f"stages/{role}/checkpoints")
@@ -195,7 +178,7 @@ def test_sigkill_in_any_stage_then_resume_is_the_uninterrupted_run(tmp_path, uni
 def test_a_stop_signal_checkpoints_the_step_and_resume_is_the_uninterrupted_run(tmp_path, uninterrupted, reg, sig, stage, role):
     run_dir = tmp_path / "run"
     proc = start_training(run_dir, env={STEP_PAUSE_ENV: "0.15"})
-    wait_for(lambda: logged(run_dir, stage, role) >= 12, proc)
+    wait_for(lambda: logged_steps(run_dir, stage, role) >= 12, proc)
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + sig, err[-2000:]
@@ -237,7 +220,7 @@ def fill(disk: Path) -> Path:
 def test_a_full_disk_stops_cleanly_and_the_run_resumes_once_space_returns(small_disk, uninterrupted, reg):
     run_dir = small_disk / "run"
     proc = start_training(run_dir, env={STEP_PAUSE_ENV: "0.1"})
-    wait_for(lambda: logged(run_dir, "prior", None) >= 12, proc)
+    wait_for(lambda: logged_steps(run_dir, "prior", None) >= 12, proc)
     filler = fill(small_disk)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 2, err[-2000:]
