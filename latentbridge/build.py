@@ -4,6 +4,7 @@
                                      or built new from its config, checked against the installed codecs
     layout_of(cfg, codecs)           the prior's streams: one per role, from the codecs' latent specs
     experiment_prior_config(...)     the PriorConfig that the `prior` section and the codec widths describe
+    build_prior(cfg, layout, reg)    the prior backbone `prior.backbone` names (the DiT, or a plugin's), built new
 
 Training (latentbridge.train), loading a run (latentbridge.runs) and generation all build through here, so
 a run is rebuilt exactly as it was trained.
@@ -16,8 +17,8 @@ from typing import Any
 from latentbridge.codecs import Codec
 from latentbridge.config import ExperimentConfig
 from latentbridge.errors import ConfigError, UnknownCodecError
-from latentbridge.plugins import CodecRegistry, Registries
-from latentbridge.prior import PriorConfig, prior_config
+from latentbridge.plugins import CodecRegistry, Registries, registries
+from latentbridge.prior import PriorBackbone, PriorConfig, prior_config
 from latentbridge.sequence import SequenceLayout
 from latentbridge.typedconfig import to_dict
 
@@ -86,3 +87,23 @@ def experiment_prior_config(cfg: ExperimentConfig, layout: SequenceLayout) -> Pr
     ids = tuple(layout.ids[r] for r in chosen) if isinstance(p.block_positions, list) else ()
     return prior_config(p.preset, layout.dims, width=p.width, depth=p.depth, heads=p.heads, mlp_ratio=p.mlp_ratio, attention=p.attention,
                         block_positions=places, block_position_codecs=ids)
+
+
+def build_prior(cfg: ExperimentConfig, layout: SequenceLayout, reg: Registries | None = None) -> PriorBackbone:
+    """The experiment's prior backbone, built new: `dit` from the `prior` section's fields, a plugin's from its options
+    under `prior.config` (a backbone importing released weights loads them here)."""
+    reg = reg or registries()
+    name = cfg.prior.backbone
+    cls = reg.priors.get(name, "prior.backbone")
+    if name == "dit":
+        if cfg.prior.config:
+            raise ConfigError(f"prior.config: {', '.join(cfg.prior.config)} — the built-in `dit` backbone takes its options from "
+                              "the `prior` section's own fields (preset, width, depth, heads, ...); remove prior.config.")
+        options = experiment_prior_config(cfg, layout)
+    else:
+        options = reg.priors.config(name, cfg.prior.config, "prior.config")
+    prior = cls.create(options, tuple(layout.dims))
+    if not isinstance(prior, PriorBackbone):
+        raise ConfigError(f"prior.backbone '{name}': {cls.__qualname__}.create returned {type(prior).__name__}, not a PriorBackbone. "
+                          "Fix the backbone plugin.")
+    return prior

@@ -3,6 +3,7 @@
     latentbridge codecs list|show|check       installed codecs (latentbridge.plugins, latentbridge.testing)
     latentbridge datasets list|show           installed data sets
     latentbridge evaluators list|show         installed evaluators
+    latentbridge priors list|show             installed prior backbones
     latentbridge config show FILE [--k=v ..]  the resolved experiment config as YAML
     latentbridge train FILE [--k=v ..]        latentbridge.train.experiment.train (--resume, --init-from)
     latentbridge cache FILE [--k=v ..]        latentbridge.train.experiment.cache: a sharded latent cache
@@ -112,6 +113,23 @@ def cmd_evaluators_list(args: argparse.Namespace) -> int:
     rows = [{"name": e.name, "scores": scope(e.cls), "what": e.cls.description, "provider": e.provider}
             for e in registries().evaluators.entries()]
     return _print_rows(rows, args.json, "evaluator(s). `latentbridge eval RUN_DIR` runs every one that applies to a task.")
+
+
+def cmd_priors_list(args: argparse.Namespace) -> int:
+    from latentbridge.plugins import registries
+
+    rows = [{"name": e.name, "what": " ".join((e.cls.__doc__ or "").split())[:80], "provider": e.provider}
+            for e in registries().priors.entries()]
+    return _print_rows(rows, args.json, "prior backbone(s). Pick one with prior.backbone; `latentbridge priors show NAME` "
+                                        "lists its options (prior.config).")
+
+
+def cmd_priors_show(args: argparse.Namespace) -> int:
+    if args.name == "dit":
+        print("# prior backbone 'dit' from latentbridge: its options are the `prior` section's own fields")
+        print("# (`latentbridge config show FILE --docs` prints them with their docs)")
+        return 0
+    return _show("priors", args)
 
 
 def _show(kind: str, args: argparse.Namespace) -> int:
@@ -325,16 +343,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="check every installed codec")
     p.set_defaults(func=cmd_codecs_check, takes_overrides=True)
 
-    for kind, word in (("datasets", "data set"), ("evaluators", "evaluator")):
+    listers = {"datasets": (cmd_datasets_list, cmd_datasets_show), "evaluators": (cmd_evaluators_list, cmd_evaluators_show),
+               "priors": (cmd_priors_list, cmd_priors_show)}
+    for kind, word in (("datasets", "data set"), ("evaluators", "evaluator"), ("priors", "prior backbone")):
         group = sub.add_parser(kind, allow_abbrev=False, help=f"list and inspect installed {word}s",
                                description=f"{word.capitalize()}s come from plugins (latentbridge_register_{kind} hook).")
         gsub = group.add_subparsers(dest="action", metavar="ACTION", required=True)
         p = gsub.add_parser("list", help=f"installed {word}s and the distributions that provide them")
         p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-        p.set_defaults(func=cmd_datasets_list if kind == "datasets" else cmd_evaluators_list)
+        p.set_defaults(func=listers[kind][0])
         p = gsub.add_parser("show", help=f"a {word}'s options with defaults and docs")
         p.add_argument("name", help=f"{word} name, as in `latentbridge {kind} list`")
-        p.set_defaults(func=cmd_datasets_show if kind == "datasets" else cmd_evaluators_show)
+        p.set_defaults(func=listers[kind][1])
 
     config = sub.add_parser("config", allow_abbrev=False, help="inspect experiment configs",
                             description="Experiment configs are YAML files (see configs/).")

@@ -56,7 +56,14 @@ class CodecSlot:
 
 @dataclasses.dataclass
 class PriorSection:
-    """The block-causal DiT: a preset plus optional overrides."""
+    """The prior: a backbone (latentbridge's block-causal DiT by default: a preset plus optional overrides)."""
+
+    backbone: str = "dit"
+    """Registered prior backbone (`latentbridge priors list`): `dit` is latentbridge's own; plugins add others (e.g.
+    `cola-dit` from latentbridge-cola). The fields below (preset .. block_positions) configure `dit` only."""
+    config: dict[str, Any] | None = None
+    """Options of a plugin backbone (its own config dataclass, e.g. the path of released weights); null: its defaults.
+    Not used by `dit`, whose options are the fields below."""
 
     preset: Literal["tiny", "small", "base", "large"] = "small"
     """Size preset: tiny (tests), small (CPU), base/large (GPU)."""

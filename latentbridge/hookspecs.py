@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from latentbridge.codecs.base import Codec
     from latentbridge.data.base import Dataset
     from latentbridge.evaluator import Evaluator
+    from latentbridge.prior.backbone import PriorBackbone
 
 PROJECT = "latentbridge"
 ENTRY_POINT_GROUP = "latentbridge.codecs"
@@ -52,4 +53,15 @@ def latentbridge_register_evaluators(register: Callable[[type[Evaluator]], None]
     The class must subclass `latentbridge.evaluate.Evaluator` and define `name` and which tasks it
     scores (`cond` / `target` modalities, or `datasets`). `latentbridge eval` runs every evaluator
     that applies to a task, across the guidance scales and with the shuffled-condition control.
+    """
+
+
+@hookspec
+def latentbridge_register_priors(register: Callable[[type[PriorBackbone]], None]) -> None:
+    """Register prior backbone classes by calling `register(BackboneSubclass)` once for each.
+
+    The class must subclass `latentbridge.prior.PriorBackbone` and define `name` and `config_class` (a dataclass:
+    its options under `prior.config`). It keeps the prior's contract: per-token latents, times and metadata in, one
+    velocity per token out, a KV cache for generation, no knowledge of flows or codecs. Experiments pick it with
+    `prior.backbone`; latentbridge's own DiT registers through this hook as `dit`.
     """

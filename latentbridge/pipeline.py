@@ -31,7 +31,7 @@ from latentbridge.config import ExperimentConfig
 from latentbridge.errors import ConfigError
 from latentbridge.flow import guided_velocity, integrate
 from latentbridge.plugins import Registries
-from latentbridge.prior import BlockCausalDiT, TokenMeta
+from latentbridge.prior import PriorBackbone, TokenMeta
 from latentbridge.runs import load_run
 from latentbridge.sequence import Example, Segment, SequenceLayout, pack
 from latentbridge.tasks import Task, find_task, tasks_of
@@ -40,7 +40,7 @@ from latentbridge.tasks import Task, find_task, tasks_of
 class _Context:
     """Committed clean tokens, held as a KV cache or (for the uncached reference) as raw tokens."""
 
-    def __init__(self, prior: BlockCausalDiT, use_cache: bool) -> None:
+    def __init__(self, prior: PriorBackbone, use_cache: bool) -> None:
         self.prior = prior
         self.cache = prior.new_cache() if use_cache else None
         self.tokens: tuple[Tensor, Tensor, Tensor, TokenMeta] | None = None  # x, t, codec, meta
@@ -156,7 +156,7 @@ def _prefill(ctx: _Context, layout: SequenceLayout, rows: list[Example], device,
 
 @torch.no_grad()
 def generate_latents(
-    prior: BlockCausalDiT,
+    prior: PriorBackbone,
     layout: SequenceLayout,
     prompts: Sequence[Example],
     target: str,
@@ -174,6 +174,7 @@ def generate_latents(
     use_cache: bool = True,
     stop: Callable[[Tensor], Tensor] | None = None,
     on_block: Callable[[int, Tensor], None] | None = None,
+    noise: Callable[[int], Tensor] | None = None,
 ) -> list[Tensor]:
     """Generate `num_tokens` latents [n, D] of codec `target` after each prompt (fewer if `stop` ends it).
 
@@ -181,7 +182,8 @@ def generate_latents(
     of codec `target`, generation continues that item: its full blocks are context, its partial last
     block is generated with the given positions pinned (clean repaint). `stop(block [S, K, D]) ->
     bool [S]` ends a sample after a block, for codecs whose items end by a marker. `on_block(i,
-    block [S, K, D])` is called after each committed block (progress bars, timing).
+    block [S, K, D])` is called after each committed block (progress bars, timing). `noise(i)` replaces the starting
+    noise of block i ([S, block size, D]; e.g. to replay another implementation's noise exactly).
 
     A sample never depends on the rest of its batch: sample i draws its noise from its own generator
     (`sample_generator(seed, first_index + i)`, a whole block of noise per block), and where samples' blocks
@@ -252,8 +254,11 @@ def generate_latents(
             v_without = [v[g] if g else v_full for g in groups]
             return torch.where(pm, 0.0, guided_velocity(v_full, v_without, scales, t, guidance_interval))
 
-        noise = torch.stack([torch.randn(bs, dim, generator=g, dtype=dtype)[:k] for g in generators]).to(device)  # [S, K, D]: a whole block per sample, whatever K is
-        block = integrate(velocity, torch.where(pm, pin_values, noise), steps=steps, solver=solver, shift=shift)
+        if noise is None:  # [S, K, D]: a whole block per sample, whatever K is
+            start = torch.stack([torch.randn(bs, dim, generator=g, dtype=dtype)[:k] for g in generators]).to(device)
+        else:
+            start = noise(blocks_done).to(device, dtype)[:, :k]
+        block = integrate(velocity, torch.where(pm, pin_values, start), steps=steps, solver=solver, shift=shift)
         block = torch.where(pm, pin_values, block)  # [S, K, D]
         block = torch.where(real[..., None].to(device), block, 0.0)
         kept = meta.sample.masked_fill(alone_rows[:, None], -1)  # block-alone rows keep no context
@@ -270,7 +275,7 @@ def generate_latents(
             on_block(blocks_done, block)
         blocks_done += 1
         next_block += 1
-        next_pos += own[row_sample]
+        next_pos += torch.where(torch.tensor(alone), 0, own[row_sample])  # a block-alone row sees its block at 0.. each time
         pins = torch.zeros_like(pins)
     return [torch.cat(o)[:num_tokens] if o else torch.zeros(0, dim, dtype=dtype, device=device) for o in outputs]
 
@@ -303,7 +308,7 @@ class Pipeline:
     `generate`.
     """
 
-    def __init__(self, cfg: ExperimentConfig, codecs: dict[str, Codec], prior: BlockCausalDiT, layout: SequenceLayout,
+    def __init__(self, cfg: ExperimentConfig, codecs: dict[str, Codec], prior: PriorBackbone, layout: SequenceLayout,
                  registries: Registries | None = None) -> None:
         self.cfg, self.codecs, self.prior, self.layout = cfg, codecs, prior, layout
         self.registries = registries
@@ -317,7 +322,7 @@ class Pipeline:
     @property
     def tasks(self) -> list[Task]:
         """The run's tasks: what it can generate from what."""
-        return tasks_of(self.cfg, self.registries)
+        return tasks_of(self.cfg, self.registries, need_data=False)
 
     @torch.no_grad()
     def generate(self, conditions: Mapping[str, Sequence[Any]] | None = None, *, prompts: Sequence[Any] | None = None,

@@ -28,12 +28,15 @@ from latentbridge.data.base import Dataset
 from latentbridge.errors import (DuplicateCodecError, DuplicateNameError, PluginError, UnknownCodecError,
                                  UnknownNameError)
 from latentbridge.evaluator import Evaluator
+from latentbridge.prior.backbone import PriorBackbone
 from latentbridge.typedconfig import from_dict
 
 AUTOLOAD_ENV = "LATENTBRIDGE_DISABLE_PLUGIN_AUTOLOAD"
-BUILTIN_PLUGINS = ("latentbridge.codecs.builtin", "latentbridge.data.builtin", "latentbridge.evaluate.builtin")
+BUILTIN_PLUGINS = ("latentbridge.codecs.builtin", "latentbridge.data.builtin", "latentbridge.evaluate.builtin",
+                   "latentbridge.prior.builtin")
 BUILTIN_PROVIDER = f"latentbridge {__version__}"
-HOOKS = ("latentbridge_register_codecs", "latentbridge_register_datasets", "latentbridge_register_evaluators")
+HOOKS = ("latentbridge_register_codecs", "latentbridge_register_datasets", "latentbridge_register_evaluators",
+         "latentbridge_register_priors")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,13 +171,18 @@ class EvaluatorRegistry(Registry):
     kind, command, base, base_path = "evaluator", "evaluators", Evaluator, "latentbridge.evaluate.Evaluator"
 
 
+class PriorRegistry(Registry):
+    kind, command, base, base_path = "prior backbone", "priors", PriorBackbone, "latentbridge.prior.PriorBackbone"
+
+
 @dataclasses.dataclass
 class Registries:
-    """The three registries of one plugin manager (and the plugins that could not load, which are left out)."""
+    """The registries of one plugin manager (and the plugins that could not load, which are left out)."""
 
     codecs: CodecRegistry
     datasets: DatasetRegistry
     evaluators: EvaluatorRegistry
+    priors: PriorRegistry = dataclasses.field(default_factory=PriorRegistry)
     broken: list[BrokenPlugin] = dataclasses.field(default_factory=list)
 
 
@@ -257,9 +265,9 @@ def _providers(pm: pluggy.PluginManager) -> dict[int, str]:
 
 def build_registries(pm: pluggy.PluginManager) -> Registries:
     """Call every plugin's hooks, one plugin at a time, so each registration knows its provider."""
-    regs = Registries(CodecRegistry(), DatasetRegistry(), EvaluatorRegistry())
+    regs = Registries(CodecRegistry(), DatasetRegistry(), EvaluatorRegistry(), PriorRegistry())
     targets = {"latentbridge_register_codecs": regs.codecs, "latentbridge_register_datasets": regs.datasets,
-               "latentbridge_register_evaluators": regs.evaluators}
+               "latentbridge_register_evaluators": regs.evaluators, "latentbridge_register_priors": regs.priors}
     providers = _providers(pm)
     plugins = pm.get_plugins()
     failed: set[int] = set()

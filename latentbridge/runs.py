@@ -12,12 +12,12 @@ from typing import Any
 
 import torch
 
-from latentbridge.build import experiment_prior_config, layout_of
+from latentbridge.build import build_prior, layout_of
 from latentbridge.codecs import Codec
 from latentbridge.config import ExperimentConfig, load_config
 from latentbridge.errors import CheckpointError, ConfigError
 from latentbridge.plugins import Registries, registries
-from latentbridge.prior import BlockCausalDiT
+from latentbridge.prior import PriorBackbone
 from latentbridge.sequence import SequenceLayout
 from latentbridge.train.checkpoint import latest_checkpoint, load_checkpoint
 
@@ -29,7 +29,7 @@ class Run:
     directory: Path
     cfg: ExperimentConfig
     codecs: dict[str, Codec]
-    prior: BlockCausalDiT | None
+    prior: PriorBackbone | None
     layout: SequenceLayout | None
     registries: Registries
 
@@ -77,6 +77,11 @@ def load_run(run_dir: str | Path, reg: Registries | None = None, *, need_prior: 
         return Run(run_dir, cfg, codecs, None, None, reg)
     path = latest_checkpoint(run_dir / "checkpoints")
     if path is None:
+        if cfg.prior.backbone != "dit":  # a backbone that imports released weights samples before any training
+            layout = layout_of(cfg, codecs)
+            prior = build_prior(cfg, layout, reg)
+            if prior.ships_weights:
+                return Run(run_dir, cfg, codecs, prior.eval(), layout, reg)
         raise ConfigError(f"{run_dir} has no checkpoint to sample from; train it first (latentbridge train).")
     ckpt = load_checkpoint(path, training_state=False)  # inference never reads the optimizer state
     _check_codecs(path, ckpt["state"].get("codecs", {}), codecs)
@@ -94,7 +99,7 @@ def load_run(run_dir: str | Path, reg: Registries | None = None, *, need_prior: 
             raise CheckpointError(f"{path}: the {joint} codec's weights do not fit the run's codec ({' '.join(str(err).split())[:300]}).") from None
         codecs[joint].freeze()
     layout = layout_of(cfg, codecs)
-    prior = BlockCausalDiT(experiment_prior_config(cfg, layout))
+    prior = build_prior(cfg, layout, reg)
     try:
         prior.load_state_dict({k.removeprefix("prior."): v for k, v in weights.items() if k.startswith("prior.")}, strict=True)
     except RuntimeError as err:

@@ -83,15 +83,18 @@ def data_of(cfg: ExperimentConfig, reg: Registries | None = None) -> DataSpec:
     return DataSpec(cfg.data.name, reg.datasets.config_of(cfg.data.name, cfg.data.config))
 
 
-def tasks_of(cfg: ExperimentConfig, reg: Registries | None = None) -> list[Task]:
+def tasks_of(cfg: ExperimentConfig, reg: Registries | None = None, need_data: bool = True) -> list[Task]:
     """The experiment's tasks: its `tasks` mixture, or the single `task` (named after its direction), each with its data
-    set checked against the installed ones and its options against that data set's config dataclass."""
+    set checked against the installed ones and its options against that data set's config dataclass. Generation from
+    given items (`need_data=False`) also takes a single task without data (e.g. a released model never trained here):
+    its `data` is None."""
     reg = reg or registries()
     if not cfg.tasks:
         if not cfg.task.target:
             raise ConfigError("task.target is empty: name the role to generate (e.g. --task.target=image), or give a `tasks` mixture.")
         name = "_to_".join([*cfg.task.cond, cfg.task.target]) if cfg.task.cond else cfg.task.target
-        return [Task(name, tuple(cfg.task.cond), cfg.task.target, 1.0, data_of(cfg, reg))]
+        data = data_of(cfg, reg) if need_data or cfg.data.name else None
+        return [Task(name, tuple(cfg.task.cond), cfg.task.target, 1.0, data)]
     out = []
     for name, t in cfg.tasks.items():
         where = f"tasks.{name}"
@@ -157,11 +160,14 @@ class TaskMixture:
         self.sources: dict[str, Dataset] = {}
         for t in self.tasks:
             key = repr(t.data)
-            if key not in self.sources:
+            if key not in self.sources and t.data is not None:
                 self.sources[key] = reg.datasets.create(t.data.name, t.data.config, seed)
         self._weights = [t.weight for t in self.tasks]
 
     def source(self, task: Task) -> Dataset:
+        if task.data is None:
+            raise ConfigError(f"task {task.name}: the run names no data set (data.name is empty), so there are no held-out "
+                              "examples to start from; give the items to generate from (e.g. --prompt).")
         return self.sources[repr(task.data)]
 
     def check_fields(self, modalities: Mapping[str, str]) -> None:

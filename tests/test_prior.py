@@ -335,7 +335,7 @@ def test_block_positions_for_chosen_codecs_only():
 def test_block_positions_config_names_codec_roles():
     from latentbridge.config import load_config
     from latentbridge.errors import ConfigError
-    from latentbridge.train.trainer import experiment_prior_config
+    from latentbridge.build import experiment_prior_config
 
     cfg = load_config(Path(__file__).parents[1] / "configs" / "demo.yaml")
     layout = SequenceLayout({"text": Stream(16, 16), "image": Stream(16, 16), "speech": Stream(16, 8)})

@@ -17,6 +17,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from latentbridge.prior.backbone import PriorBackbone
 from latentbridge.prior.cache import KVCache
 from latentbridge.prior.layers import DiTBlock, FinalLayer, RotaryEmbedding, TimestepEmbedder
 from latentbridge.prior.masks import TokenMeta, block_causal_mask, index_in_block, visible
@@ -65,8 +66,15 @@ def prior_config(preset: str, codec_dims: tuple[int, ...], **overrides) -> Prior
     return PriorConfig(codec_dims=tuple(codec_dims), **fields)
 
 
-class BlockCausalDiT(nn.Module):
-    """Velocity network v(z_t, t) over a packed sequence of codec latents."""
+class BlockCausalDiT(PriorBackbone):
+    """Velocity network v(z_t, t) over a packed sequence of codec latents (the built-in backbone `dit`)."""
+
+    name = "dit"
+    config_class = PriorConfig
+
+    @classmethod
+    def create(cls, options: PriorConfig, codec_dims: tuple[int, ...]) -> BlockCausalDiT:
+        return cls(dataclasses.replace(options, codec_dims=tuple(codec_dims)))
 
     def __init__(self, config: PriorConfig) -> None:
         super().__init__()
@@ -167,9 +175,6 @@ class BlockCausalDiT(nn.Module):
         if commit and cache is not None:
             cache.commit(meta)
         return self.project(self.final(h, c), codec)
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
 
 def _flex_block_mask(q: TokenMeta, k: TokenMeta):

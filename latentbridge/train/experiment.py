@@ -10,6 +10,7 @@ per-epoch permutations; a `tasks` mixture draws each batch from its tasks' data 
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 from pathlib import Path
@@ -22,7 +23,6 @@ from latentbridge.codecs import Codec
 from latentbridge.config import ExperimentConfig
 from latentbridge.errors import ConfigError
 from latentbridge.plugins import Registries, registries
-from latentbridge.prior import BlockCausalDiT
 from latentbridge.tasks import TaskMixture, tasks_of
 from latentbridge.train.feed import Feed
 from latentbridge.train.latent_cache import CachedStream, build_cache
@@ -160,7 +160,8 @@ def _train(cfg: ExperimentConfig, run_dir: Path, reg: Registries, *, resume: boo
             mix.sources[repr(tasks[0].data)] = CachedStream(source, caches)
 
     main_batches = codec_feed(own) if stage == "codec" else Feed(mix, codecs, cfg.seed, caches=caches)
-    trainer = Trainer(cfg, run_dir, codecs, main_batches, resume=resume, init_from=init_from, progress=progress, tasks=tasks)
+    trainer = Trainer(cfg, run_dir, codecs, main_batches, resume=resume, init_from=init_from, progress=progress, tasks=tasks,
+                      registries=reg)
     try:
         trainer.fit()
     finally:
@@ -172,7 +173,7 @@ def _train(cfg: ExperimentConfig, run_dir: Path, reg: Registries, *, resume: boo
         finish_codec(own, run_dir / "codecs" / own) if stage == "codec" else codecs[own].save_pretrained(run_dir / "codecs" / own)
     if stage == "codec":
         return codecs, None, None
-    prior = BlockCausalDiT(trainer.prior_config)
+    prior = copy.deepcopy(trainer.module.trainable["prior"])
     prior.load_state_dict({k.removeprefix("prior."): v for k, v in weights.items() if k.startswith("prior.")}, strict=True)
     return codecs, prior.eval(), trainer.layout
 

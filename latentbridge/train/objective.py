@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from latentbridge.flow import TimeSampler, flow_matching_sums, interpolate, velocity_target
-from latentbridge.prior import BlockCausalDiT
+from latentbridge.prior import PriorBackbone
 from latentbridge.sequence import Example, SequenceLayout, drop_conditions, pack
 
 
@@ -94,7 +94,7 @@ def draw_noise(examples: Sequence[Example], layout: SequenceLayout, samplers: Ma
 
 
 def prior_loss(
-    prior: BlockCausalDiT,
+    prior: PriorBackbone,
     layout: SequenceLayout,
     examples: Sequence[Example],
     samplers: Mapping[str, TimeSampler] | None = None,

@@ -39,12 +39,13 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from latentbridge import __version__
-from latentbridge.build import experiment_prior_config
+from latentbridge.build import build_prior
 from latentbridge.codecs import Codec, Posterior
 from latentbridge.config import ExperimentConfig
 from latentbridge.errors import CheckpointError, ConfigError, LatentbridgeError, StoppedError
 from latentbridge.flow import make_time_sampler
-from latentbridge.prior import BlockCausalDiT
+from latentbridge.plugins import Registries
+from latentbridge.prior import PriorBackbone
 from latentbridge.sequence import SequenceLayout, drop_conditions
 from latentbridge.typedconfig import dump_yaml, parse_yaml, save_config, to_dict
 from latentbridge.versions import provider_of
@@ -74,7 +75,7 @@ def lr_schedule(step: int, warmup: int, total: int) -> float:
 class StageLoss(nn.Module):
     """The loss of one stage as one module: trainable parts registered, frozen codecs held aside."""
 
-    def __init__(self, stage: str, cfg: ExperimentConfig, codecs: dict[str, Codec], prior: BlockCausalDiT | None,
+    def __init__(self, stage: str, cfg: ExperimentConfig, codecs: dict[str, Codec], prior: PriorBackbone | None,
                  layout: SequenceLayout | None, role: str | None, tasks: list) -> None:
         super().__init__()
         self.stage, self.cfg, self.role, self.layout = stage, cfg, role, layout
@@ -218,7 +219,7 @@ class Trainer:
                  resume: bool = False,
                  init_from: str | Path | None = None,
                  progress: bool = True, checkpoints: bool = True, tasks: list | None = None,
-                 ckpt_root: str | Path | None = None) -> None:
+                 ckpt_root: str | Path | None = None, registries: Registries | None = None) -> None:
         t = cfg.train
         self.cfg, self.run_dir, self.codecs, self.batches = cfg, Path(run_dir), codecs, batches
         self._ckpt_root = Path(ckpt_root) if ckpt_root is not None else None
@@ -244,9 +245,8 @@ class Trainer:
         prior, self.layout = None, None
         if self.stage in ("prior", "joint"):
             self.layout = SequenceLayout.from_specs({r: codecs[r].latent_spec for r in cfg.codecs})
-            self.prior_config = experiment_prior_config(cfg, self.layout)
             torch.manual_seed(cfg.seed)
-            prior = BlockCausalDiT(self.prior_config)
+            prior = build_prior(cfg, self.layout, registries)
         self.module = StageLoss(self.stage, cfg, codecs, prior, self.layout, self.role, tasks or [])
         opt = torch.optim.AdamW(self.module.trainable.parameters(), lr=self.lr, betas=t.betas, weight_decay=t.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_schedule(s, t.warmup_steps, self.steps))
