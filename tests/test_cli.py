@@ -78,7 +78,7 @@ def test_config_show_resolves_codec_configs():
 @pytest.mark.parametrize(
     "args, fragments",
     [
-        (("codecs", "check", "vectr"), ("unknown codec 'vectr'", "Did you mean 'vector'?", "Installed codecs: audio-vae, identity, image-vae, label, minilm, pretrained-audio, pretrained-image, text-encoder, text-vae, vector")),
+        (("codecs", "check", "vectr"), ("unknown codec 'vectr'", "Did you mean 'vector'?", "Installed codecs: audio-vae, cola-vae, identity, image-vae, label, minilm, pretrained-audio, pretrained-image, text-encoder, text-vae, vector")),
         (("config", "show", "configs/missing.yaml"), ("config file not found: configs/missing.yaml", "toy_label_to_vector.yaml")),
         (("config", "show", "configs/toy_label_to_vector.yaml", "--sead=1"), ("unknown config key 'sead'", "Did you mean 'seed'?")),
         (("config", "show", "configs/toy_label_to_vector.yaml", "--seed=one"), ("seed: expected int, got str 'one'",)),

@@ -121,3 +121,38 @@ def test_cache_buffers_grow_past_their_first_allocation_and_stay_exact(monkeypat
     b = generate_latents(prior, LAYOUT, prompts, "text", 45, steps=1, guidance=2.0, use_cache=False, seed=0)
     assert capacities[0] == 64 and max(capacities) >= 128  # the first buffer (64) was outgrown at least once
     assert max(float((x - y).abs().max()) for x, y in zip(a, b)) < 1e-8
+
+
+def test_block_alone_rows_see_each_block_at_positions_from_zero():
+    """Cola DLM's unconditional pass attends to the current block alone with positions 0.. (its K/V hold that block only),
+    at every block, not at the block's place in the sequence."""
+    prior = make_prior()
+    seen = []
+    forward = prior.forward
+
+    def spy(x, t, codec, meta, cache=None, commit=False):
+        if bool(meta.noisy.any()):
+            seen.append(meta.position.clone())
+        return forward(x, t, codec, meta, cache=cache, commit=commit)
+
+    prior.forward = spy
+    generate_latents(prior, LAYOUT, [[Segment("text", text(4, 3), "target")]], "text", 5, steps=1, guidance=3.0, unconditional="block",
+                     whole_blocks=True)
+    assert len(seen) == 2  # two blocks, one step each: rows [the prompt's, the block alone]
+    assert seen[0].tolist() == [[3, 4, 5], [0, 1, 2]]  # prompt row: after its 3 whole latents (the 4th is pinned here)
+    assert seen[1].tolist() == [[6, 7, 8], [0, 1, 2]]  # the block-alone row starts at 0 again
+
+
+def test_given_noise_replaces_the_samples_own_generators():
+    from latentbridge.pipeline import sample_generator
+
+    prior = make_prior()
+    prompts = continuation_prompts()
+    kw = dict(target="text", num_tokens=5, steps=2, seed=3, guidance=2.0, whole_blocks=True)
+    own = generate_latents(prior, LAYOUT, prompts, **kw)
+    gens = [sample_generator(3, i) for i in range(3)]
+    blocks = [torch.stack([torch.randn(3, 4, generator=g, dtype=torch.float64) for g in gens]) for _ in range(3)]
+    given = generate_latents(prior, LAYOUT, prompts, noise=lambda i: blocks[i], **kw)
+    assert all(torch.equal(a, b) for a, b in zip(own, given))
+    other = generate_latents(prior, LAYOUT, prompts, noise=lambda i: -blocks[i], **kw)
+    assert all(not torch.allclose(a, b) for a, b in zip(own, other))

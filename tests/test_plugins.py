@@ -11,9 +11,10 @@ from latentbridge import __version__, plugins
 from latentbridge.codecs import Codec
 from latentbridge.codecs.identity import IdentityCodec
 from latentbridge.data import ItemDataset
-from latentbridge.errors import DuplicateCodecError, DuplicateNameError, PluginError, UnknownCodecError, UnknownNameError
+from latentbridge.errors import ConfigError, DuplicateCodecError, DuplicateNameError, PluginError, UnknownCodecError, UnknownNameError
 from latentbridge.evaluate import Evaluator
 from latentbridge.hookspecs import hookimpl
+from latentbridge.prior import BlockCausalDiT, prior_config
 
 
 class Registers:
@@ -196,3 +197,81 @@ def test_a_data_set_returning_undeclared_fields_is_stopped():
     with pytest.raises(DatasetOutputError, match=r"data set 'broken' load\('train'\) returned fields \['left'\]; it declares "
                                                  r"\['left', 'right'\] \(missing right\)"):
         broken()
+
+
+# --------------------------------------------------------------------------------------------------
+# Prior backbones: the fourth hook
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class WideOptions:
+    """Options of the `wide` backbone."""
+
+    width: int = 32
+    """Model width."""
+
+
+class WideDiT(BlockCausalDiT):
+    """A third-party backbone: latentbridge's DiT at a width of its own option."""
+
+    name = "wide"
+    config_class = WideOptions
+
+    @classmethod
+    def create(cls, options, codec_dims):
+        return cls(prior_config("tiny", codec_dims, width=options.width))
+
+
+class RegistersPriors:
+    def __init__(self, *classes):
+        self.classes = classes
+
+    @hookimpl
+    def latentbridge_register_priors(self, register):
+        for cls in self.classes:
+            register(cls)
+
+
+def _experiment(**prior):
+    from latentbridge.config import ExperimentConfig
+    from latentbridge.typedconfig import from_dict
+
+    return from_dict(ExperimentConfig, {"name": "x", "codecs": {"v": {"codec": "identity", "config": {"dim": 4}}},
+                                        "task": {"target": "v"}, "prior": {"preset": "tiny", **prior}})
+
+
+def test_prior_backbones_register_through_their_hook_and_build_by_config():
+    from latentbridge.build import build_prior
+    from latentbridge.sequence import SequenceLayout, Stream
+
+    reg = registries_with(RegistersPriors(WideDiT))
+    assert reg.priors.names() == ["dit", "wide"]
+    assert reg.priors.entry("dit").provider == plugins.BUILTIN_PROVIDER  # the built-in DiT enters through the same hook
+    layout = SequenceLayout({"v": Stream(4, 2)})
+    prior = build_prior(_experiment(backbone="wide", config={"width": 48}), layout, reg)
+    assert isinstance(prior, WideDiT) and prior.config.width == 48 and prior.config.codec_dims == (4,)
+    assert type(build_prior(_experiment(), layout, reg)) is BlockCausalDiT
+    with pytest.raises(UnknownNameError, match=r"prior.backbone: unknown prior backbone 'wyde'. Did you mean 'wide'\?"):
+        build_prior(_experiment(backbone="wyde"), layout, reg)
+    with pytest.raises(ConfigError, match=r"prior.config.widht"):
+        build_prior(_experiment(backbone="wide", config={"widht": 48}), layout, reg)
+    with pytest.raises(ConfigError, match=r"the built-in `dit` backbone takes its options from the `prior` section"):
+        build_prior(_experiment(config={"width": 48}), layout, reg)
+
+
+def test_a_prior_backbone_must_subclass_the_contract():
+    class NotABackbone:
+        name = "nope"
+        config_class = WideOptions
+
+    with pytest.raises(PluginError, match=r"not a subclass of latentbridge.prior.PriorBackbone"):
+        registries_with(RegistersPriors(NotABackbone))
+
+
+def test_priors_list_shows_the_backbones(capsys):
+    from latentbridge.cli import main
+
+    assert main(["priors", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "dit" in out and "latentbridge" in out

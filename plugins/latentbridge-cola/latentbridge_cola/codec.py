@@ -132,11 +132,18 @@ class ColaVAE(Codec):
     def collate(self, items: Sequence[Any]) -> dict[str, Tensor]:
         return self._batch([self.token_ids(x) for x in items])
 
-    def write_items(self, items, directory, names=None):
-        return super().write_items([str(x) for x in items], directory, names)
+    def write_items(self, items: Sequence[Any], directory, names: Sequence[str] | None = None) -> list[Path]:
+        """The texts in items.txt, one a line (`name<TAB>text` when names are given; line breaks become spaces)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        flat = [" ".join(str(x).split()) for x in items]
+        lines = [f"{' '.join(str(n).split())}\t{x}" for n, x in zip(names, flat)] if names is not None else flat
+        (directory / "items.txt").write_text("".join(line + "\n" for line in lines))
+        return [directory / "items.txt"]
 
     def read_items(self, paths: Sequence[Any]) -> list[str]:
-        return [Path(p).read_text() for p in paths]
+        """Every non-empty line of the text files is one item."""
+        return [line.strip() for p in paths for line in Path(p).read_text().splitlines() if line.strip()]
 
     def example_items(self, n: int, generator: torch.Generator) -> list[str]:
         words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "far", "blue", "sky"]

@@ -20,6 +20,7 @@ from latentbridge.errors import CheckpointError, ConfigError
 from latentbridge.pipeline import generate_latents
 from latentbridge.prior import TokenMeta
 from latentbridge.sequence import Segment, SequenceLayout
+from latentbridge.testing import CodecConformance
 from latentbridge_cola import ColaDiT, ColaVAE, experiment_config, pipeline, write_run
 from latentbridge_cola.dit import DiTArch
 from latentbridge_cola.dit import count_parameters as dit_parameters
@@ -151,6 +152,15 @@ def test_parameter_counts_of_the_released_configs_match_the_reference():
     counts = META["released_config_parameters"]  # the reference's own modules, counted on the meta device
     assert vae_parameters(VAEArch()) == counts["vae"] == 501_871_574
     assert dit_parameters(DiTArch()) == counts["dit"] == 1_829_875_728
+
+
+class TestColaVAEConformance(CodecConformance):
+    """latentbridge's codec contract, on the release's VAE (save/load keeps the release's config and tokenizer)."""
+
+    atol = 1e-4
+
+    def make_codec(self):
+        return codec(eos_token_id=META["eos_token_id"])
 
 
 # --------------------------------------------------------------------------------------------------
