@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from latentbridge.build import build_prior, layout_of
+from latentbridge.build import build_codecs, build_prior, layout_of
 from latentbridge.codecs import Codec
 from latentbridge.config import ExperimentConfig, load_config
 from latentbridge.errors import CheckpointError, ConfigError
@@ -20,6 +20,7 @@ from latentbridge.plugins import Registries, registries
 from latentbridge.prior import PriorBackbone
 from latentbridge.sequence import SequenceLayout
 from latentbridge.train.checkpoint import latest_checkpoint, load_checkpoint
+from latentbridge.typedconfig import from_dict
 
 
 @dataclasses.dataclass
@@ -56,11 +57,32 @@ def _check_codecs(path: Path, saved: dict[str, Any], codecs: dict[str, Codec]) -
                               f"with ({'; '.join(wrong)}). Restore the run's own codecs, or train a prior on these.")
 
 
-def load_run(run_dir: str | Path, reg: Registries | None = None, *, need_prior: bool = True) -> Run:
-    """Config, frozen codecs and EMA prior of a trained run directory (its latest checkpoint)."""
-    run_dir = Path(run_dir)
-    cfg = read_config(run_dir)
+def release_run(directory: str | Path, reg: Registries | None = None) -> Run | None:
+    """A released model's directory opened as a run (no config.yaml, no checkpoint): the experiment that the first
+    installed prior backbone recognising it gives (PriorBackbone.experiment_for), its codecs and prior built from their
+    released weights. None when no backbone recognises the directory."""
     reg = reg or registries()
+    for entry in reg.priors.entries():
+        data = entry.cls.experiment_for(Path(directory))
+        if data is None:
+            continue
+        cfg = from_dict(ExperimentConfig, data, path=f"{entry.name} release")
+        codecs = {role: codec.freeze() for role, codec in build_codecs(cfg, reg).items()}
+        layout = layout_of(cfg, codecs)
+        return Run(Path(directory), cfg, codecs, build_prior(cfg, layout, reg).eval(), layout, reg)
+    return None
+
+
+def load_run(run_dir: str | Path, reg: Registries | None = None, *, need_prior: bool = True) -> Run:
+    """Config, frozen codecs and EMA prior of a trained run directory (its latest checkpoint), or a released model's
+    directory that an installed prior backbone recognises (release_run)."""
+    run_dir = Path(run_dir)
+    reg = reg or registries()
+    if not (run_dir / "config.yaml").is_file() and run_dir.is_dir():
+        release = release_run(run_dir, reg)
+        if release is not None:
+            return release
+    cfg = read_config(run_dir)
     joint = cfg.train.codec_role or cfg.task.target if cfg.train.stage == "joint" else None
     dirs = {role: run_dir / "codecs" / role for role in cfg.codecs}
     if joint and not (dirs[joint] / "codec.json").is_file():  # an unfinished joint run: stage 1 + the checkpoint's weights

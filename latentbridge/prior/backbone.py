@@ -39,6 +39,13 @@ class PriorBackbone(nn.Module):
         order). A backbone that imports released weights loads them here (training starts from them)."""
         return cls(options, codec_dims)  # type: ignore[call-arg]
 
+    @classmethod
+    def experiment_for(cls, directory: Any) -> dict[str, Any] | None:
+        """An experiment (plain config data) that runs the released model stored at `directory`, when this backbone
+        recognises the directory as one; None otherwise. With it, `Pipeline.from_pretrained(directory)` and
+        `latentbridge sample directory` open a release directly, with no run directory."""
+        return None
+
     @property
     def ships_weights(self) -> bool:
         """True when create() loaded weights trained elsewhere (a released model): a run of it samples before training."""

@@ -5,7 +5,7 @@ Latents are the release's own prior units: the posterior mean shifted and scaled
 does. So latentbridge's LatentStats stay identity and the codec publishes its stats (training never refits them).
 
 An item is a text; it is tokenized with the release's tokenizer.json, ends with the end-of-text token (training items)
-and is padded with `pad_token_id` to whole blocks of `block_size * patch_size` tokens before encoding, as the release
+and is padded with the pad token to whole blocks of `block_size * patch_size` tokens before encoding, as the release
 pads its prompts (the encoder sees the padding inside the last block, bidirectionally). Generation decodes each block
 with the decoder's KV cache and picks tokens greedily with the release's repetition penalty.
 """
@@ -42,10 +42,12 @@ class ColaVAEConfig:
     """tokenizer.json of the release; empty: looked for in the release directory and its parents."""
     load_weights: bool = True
     """Load the released weights (strict key map); false: the release's architecture, freshly initialised."""
-    pad_token_id: int = 100277
-    """Token that pads a text to whole blocks (the release's pad id)."""
-    eos_token_id: int | None = 100257
-    """End-of-text token: appended to training items, ends a generated item (null: items end by length only)."""
+    pad_token_id: int | None = None
+    """Token that pads a text to whole blocks; null: the tokenizer's `<|pad|>` (100277 in the release)."""
+    eos_token_id: int | None = None
+    """End-of-text token; null: the tokenizer's `<|endoftext|>` (100257 in the release)."""
+    end_marker: bool = True
+    """Append the end-of-text token to training items and end a generated item at it; false: items end by length only."""
     max_tokens: int = 256
     """Latent tokens per item at most (training items are cut to it; generation stops there)."""
     repetition_penalty: float = 1.1
@@ -91,9 +93,19 @@ class ColaVAE(Codec):
         self.model = ColaTextVAEModule(arch)
         if files is None and config.load_weights:
             load_strict(self.model, directory)
+        self.pad_id = self._special(config.pad_token_id, "<|pad|>", "pad_token_id")
+        self.eos_id = self._special(config.eos_token_id, "<|endoftext|>", "eos_token_id") if config.end_marker else None
         if self.tokenizer.get_vocab_size() > arch.vocab_size + 1:
             raise CheckpointError(f"cola-vae: {tok_file} has {self.tokenizer.get_vocab_size()} tokens but the VAE's vocabulary is "
                                   f"{arch.vocab_size}; the tokenizer belongs to another model.")
+
+    def _special(self, given: int | None, token: str, key: str) -> int:
+        found = self.tokenizer.token_to_id(token) if given is None else given
+        if found is None:
+            raise ConfigError(f"cola-vae: {self.tokenizer_file} has no {token} token; set config.{key} to the id to use.")
+        if not 0 <= found <= self.arch.vocab_size:
+            raise ConfigError(f"cola-vae: config.{key} {found} is outside the VAE's vocabulary (0..{self.arch.vocab_size}).")
+        return int(found)
 
     @property
     def ships_weights(self) -> bool:
@@ -113,8 +125,8 @@ class ColaVAE(Codec):
         if not isinstance(text, str):
             raise ConfigError(f"codec 'cola-vae' takes texts (str), got {type(text).__name__}.")
         ids = self.tokenizer.encode(text).ids
-        if eos and self.config.eos_token_id is not None:
-            ids = ids + [self.config.eos_token_id]
+        if eos and self.eos_id is not None:
+            ids = ids + [self.eos_id]
         return ids[: self.config.max_tokens * self.arch.patch_size]
 
     def num_tokens(self, item: Any) -> int:
@@ -123,7 +135,7 @@ class ColaVAE(Codec):
     def _batch(self, id_lists: list[list[int]]) -> dict[str, Tensor]:
         chunk = self.arch.block_size * self.arch.patch_size
         width = max(1, max((math.ceil(len(ids) / chunk) * chunk for ids in id_lists), default=chunk))
-        ids = torch.full((len(id_lists), width), self.config.pad_token_id, dtype=torch.long)
+        ids = torch.full((len(id_lists), width), self.pad_id, dtype=torch.long)
         for i, row in enumerate(id_lists):
             ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
         tokens = torch.tensor([len(r) for r in id_lists], dtype=torch.long)
@@ -173,11 +185,11 @@ class ColaVAE(Codec):
         return Latents(self.name, post.mean * mask[..., None].to(post.mean.dtype), batch["lengths"].to(self.device))
 
     def tokens_to_text(self, ids: Sequence[int]) -> str:
-        keep = [i for i in ids if i != self.config.pad_token_id]
+        keep = [i for i in ids if i != self.pad_id]
         return self.tokenizer.decode(keep, skip_special_tokens=True)
 
     def _cut(self, ids: list[int]) -> list[int]:
-        eos = self.config.eos_token_id
+        eos = self.eos_id
         return ids[: ids.index(eos)] if eos is not None and eos in ids else ids
 
     def raw_decode(self, z: Tensor, lengths: Tensor) -> list[str]:
@@ -264,7 +276,7 @@ class ColaDecodeStream(DecodeStream):
             if self.ended[i]:
                 continue
             new = ids[int(self.pins[i]) * p:]
-            eos = codec.config.eos_token_id
+            eos = codec.eos_id
             if eos is not None and eos in new:
                 new = new[: new.index(eos)]
                 self.ended[i] = True

@@ -242,6 +242,20 @@ class ColaDiT(PriorBackbone):
     def create(cls, options: ColaDiTOptions, codec_dims: tuple[int, ...]) -> ColaDiT:
         return cls.from_directory(options.path, codec_dims, options.load_weights, options.time_scale, options.text_codec)
 
+    @classmethod
+    def experiment_for(cls, directory) -> dict[str, Any] | None:
+        """A Cola DLM release (both parts and a tokenizer found): the experiment that runs it as released."""
+        from latentbridge_cola.codec import _find_tokenizer
+        from latentbridge_cola.run import experiment_data
+
+        try:
+            read_config(part_directory(str(directory), "dit"), "dit")
+            _find_tokenizer(part_directory(str(directory), "vae"))
+            read_config(part_directory(str(directory), "vae"), "vae")
+        except (CheckpointError, ConfigError):
+            return None
+        return experiment_data(directory)
+
     @property
     def ships_weights(self) -> bool:
         return getattr(self, "_loaded", False)

@@ -1,6 +1,7 @@
 """A Cola DLM release as a latentbridge experiment: its config, a Pipeline, a run directory to sample or train from.
 
     pipe = latentbridge_cola.pipeline("hf_models")        # the release root (cola_dlm/cola_vae, cola_dlm/cola_dit, tokenizer.json)
+    pipe = Pipeline.from_pretrained("hf_models")          # the same, through the cola-dit backbone's experiment_for
     pipe.generate(prompts=["Question: What is the capital of France? Answer:"], target="text", max_tokens=32)
 
     latentbridge-cola import hf_models runs/cola        # a run directory: latentbridge sample runs/cola, eval, ...
@@ -21,21 +22,27 @@ GENERATION = {"steps": 16, "solver": "euler", "shift": 1.0, "guidance": [7.0], "
 """The release's generation: 16 Euler steps per block from t = 1000 to 0, guidance 7 against the block alone."""
 
 
-def experiment_config(path: str | Path, *, name: str = "cola-dlm", codec: dict[str, Any] | None = None,
-                      prior: dict[str, Any] | None = None, **sections: Any) -> ExperimentConfig:
-    """An experiment over the release at `path`: the text role through `cola-vae`, the prior `cola-dit`, text
-    continuation, the release's generation settings. `codec` / `prior`: more options of each; `sections`: other
-    top-level sections (train, data, ...) as plain data."""
+def experiment_data(path: str | Path, *, name: str = "cola-dlm", codec: dict[str, Any] | None = None,
+                    prior: dict[str, Any] | None = None, **sections: Any) -> dict[str, Any]:
+    """experiment_config's plain data (what a config.yaml would hold)."""
     path = str(Path(path).expanduser())
-    data = {
+    return {
         "name": name,
         "codecs": {"text": {"codec": "cola-vae", "config": {"path": path, **(codec or {})}}},
         "task": {"target": "text"},
         "prior": {"backbone": "cola-dit", "config": {"path": path, **(prior or {})}},
         "sampling": dict(GENERATION),
+        "eval": {"guidance_scales": [7.0]},  # `latentbridge sample` / `eval` at the release's guidance unless told
         **sections,
     }
-    return from_dict(ExperimentConfig, data, path="cola")
+
+
+def experiment_config(path: str | Path, *, name: str = "cola-dlm", codec: dict[str, Any] | None = None,
+                      prior: dict[str, Any] | None = None, **sections: Any) -> ExperimentConfig:
+    """An experiment over the release at `path`: the text role through `cola-vae`, the prior `cola-dit`, text
+    continuation, the release's generation settings. `codec` / `prior`: more options of each; `sections`: other
+    top-level sections (train, data, ...) as plain data."""
+    return from_dict(ExperimentConfig, experiment_data(path, name=name, codec=codec, prior=prior, **sections), path="cola")
 
 
 def pipeline(path: str | Path, registries=None, **options: Any):

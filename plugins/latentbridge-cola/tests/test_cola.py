@@ -39,7 +39,7 @@ import datafiles as D  # noqa: E402  (the core's writers of small real data sets
 
 
 def codec(**options) -> ColaVAE:
-    return ColaVAE({"path": str(RELEASE), "pad_token_id": META["pad_token_id"], "eos_token_id": None, **options}).eval()
+    return ColaVAE({"path": str(RELEASE), "end_marker": False, **options}).eval()  # the fixture's generation has no end token
 
 
 def dit() -> ColaDiT:
@@ -160,7 +160,7 @@ class TestColaVAEConformance(CodecConformance):
     atol = 1e-4
 
     def make_codec(self):
-        return codec(eos_token_id=META["eos_token_id"])
+        return codec(end_marker=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -259,7 +259,7 @@ def test_the_backbone_registers_through_the_priors_hook(autoload_plugins):
 
 
 def test_a_pipeline_over_the_release_continues_prompts(autoload_plugins):
-    pipe = pipeline(RELEASE, codec={"pad_token_id": META["pad_token_id"], "eos_token_id": META["eos_token_id"]})
+    pipe = pipeline(RELEASE, codec={})
     out = pipe.generate(prompts=["the cat", "question : what is"], target="text", max_tokens=8, steps=2)
     assert len(out) == 2 and all(isinstance(t, str) for t in out)
     assert pipe.cfg.sampling.steps == 16 and pipe.cfg.sampling.guidance == [7.0] and pipe.cfg.sampling.unconditional == "block"
@@ -268,7 +268,7 @@ def test_a_pipeline_over_the_release_continues_prompts(autoload_plugins):
 def test_an_imported_run_samples_through_the_cli(tmp_path, autoload_plugins):
     from latentbridge.cli import main
 
-    run = write_run(RELEASE, tmp_path / "run", codec={"pad_token_id": META["pad_token_id"], "eos_token_id": META["eos_token_id"]})
+    run = write_run(RELEASE, tmp_path / "run", codec={})
     assert not (run / "checkpoints").exists()  # the prior's weights are the release's, read when the run is loaded
     assert main(["sample", str(run), "--prompt", "the sun is", "--guidance", "7"]) == 0
     assert (run / "samples").is_dir()
@@ -282,8 +282,7 @@ def _continue(tmp_path: Path, stage: str):
                  "warmup_steps": 1, "lr": 1e-4, "ema_decay": 0.0, "cache_latents": False}
     if stage == "joint":
         train_cfg["codec_role"] = "text"
-    cfg = experiment_config(RELEASE, codec={"pad_token_id": META["pad_token_id"], "eos_token_id": META["eos_token_id"],
-                                            "max_tokens": 16}, train=train_cfg, data=data, eval={"samples": 2})
+    cfg = experiment_config(RELEASE, codec={"max_tokens": 16}, train=train_cfg, data=data, eval={"samples": 2})
     run = tmp_path / "run"
     codecs, prior, _ = train(cfg, run, progress=False)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -308,3 +307,19 @@ def test_training_continues_the_release(tmp_path, autoload_plugins, stage):
         assert any(not torch.equal(codecs["text"].model.state_dict()[k], v) for k, v in start.items())
     pipe = Pipeline.from_pretrained(run)
     assert len(pipe.generate(prompts=["the cat"], target="text", max_tokens=4, steps=2)) == 1
+
+
+def test_pipeline_from_pretrained_and_sample_open_a_release_directory(tmp_path, autoload_plugins):
+    from latentbridge.cli import main
+    from latentbridge.pipeline import Pipeline
+
+    rel = _copy(tmp_path)
+    pipe = Pipeline.from_pretrained(rel)  # no run directory: the cola-dit backbone recognises the release
+    assert pipe.prior.ships_weights and type(pipe.prior) is ColaDiT and type(pipe.codecs["text"]) is ColaVAE
+    assert pipe.cfg.prior.config["path"] == str(rel)
+    assert len(pipe.generate(prompts=["the cat"], target="text", max_tokens=4, steps=2)) == 1
+    assert main(["sample", str(rel), "--prompt", "the sun is", "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "text" / "g7" / "items.txt").is_file()
+    (rel / "cola_dlm" / "cola_dit" / "config.json").unlink()  # no longer a release, and no run directory: one line
+    with pytest.raises(ConfigError, match="is not a run directory"):
+        Pipeline.from_pretrained(rel)
