@@ -164,7 +164,7 @@ def test_every_plugin_option_has_a_docstring(autoload_plugins):
     from latentbridge.plugins import registries
 
     regs = registries()
-    for entry in [*regs.codecs.entries(), *regs.datasets.entries(), *regs.evaluators.entries()]:
+    for entry in [*regs.codecs.entries(), *regs.datasets.entries(), *regs.evaluators.entries(), *regs.priors.entries()]:
         cls = entry.cls.config_class
         missing = [f.name for f in dataclasses.fields(cls) if f.name not in C.field_docs(cls)]
         assert not missing, f"{entry.name} ({entry.provider}): {cls.__name__} fields without a docstring: {missing}"

@@ -244,17 +244,17 @@ class ColaDiT(PriorBackbone):
 
     @classmethod
     def experiment_for(cls, directory) -> dict[str, Any] | None:
-        """A Cola DLM release (both parts and a tokenizer found): the experiment that runs it as released."""
-        from latentbridge_cola.codec import _find_tokenizer
+        """A directory laid out as a Cola DLM release (cola_vae/ or cola_dit/, directly or under cola_dlm/): the experiment
+        that runs it as released. What is wrong inside it (a missing file, another architecture) is reported when the
+        experiment is built, naming the file."""
+        from pathlib import Path
+
         from latentbridge_cola.run import experiment_data
 
-        try:
-            read_config(part_directory(str(directory), "dit"), "dit")
-            _find_tokenizer(part_directory(str(directory), "vae"))
-            read_config(part_directory(str(directory), "vae"), "vae")
-        except (CheckpointError, ConfigError):
+        root = Path(directory)
+        if not any((root / part).is_dir() or (root / "cola_dlm" / part).is_dir() for part in ("cola_vae", "cola_dit")):
             return None
-        return experiment_data(directory)
+        return experiment_data(root)
 
     @property
     def ships_weights(self) -> bool:

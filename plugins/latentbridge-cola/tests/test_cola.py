@@ -18,11 +18,11 @@ from safetensors.torch import load_file, save_file
 
 from latentbridge.errors import CheckpointError, ConfigError
 from latentbridge.pipeline import generate_latents
-from latentbridge.prior import TokenMeta
 from latentbridge.sequence import Segment, SequenceLayout
 from latentbridge.testing import CodecConformance
 from latentbridge_cola import ColaDiT, ColaVAE, experiment_config, pipeline, write_run
 from latentbridge_cola.dit import DiTArch
+from latentbridge_cola.parity import Fixture, dit_differences, replay_generation, token_agreement, vae_differences
 from latentbridge_cola.dit import count_parameters as dit_parameters
 from latentbridge_cola.run import main as cola_main
 from latentbridge_cola.vae import VAEArch
@@ -38,12 +38,15 @@ sys.path.insert(0, str(ROOT / "tests"))
 import datafiles as D  # noqa: E402  (the core's writers of small real data sets)
 
 
+FX = Fixture(FIX)
+
+
 def codec(**options) -> ColaVAE:
-    return ColaVAE({"path": str(RELEASE), "end_marker": False, **options}).eval()  # the fixture's generation has no end token
+    return FX.codec(**options)
 
 
 def dit() -> ColaDiT:
-    return ColaDiT.from_directory(str(RELEASE)).eval()
+    return FX.dit()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -51,22 +54,9 @@ def dit() -> ColaDiT:
 # --------------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
 def test_vae_posterior_and_decoder_logits_match_the_reference():
-    model = codec().model
-    for i in range(len(META["prompts"])):
-        ids = OUT[f"vae.ids.{i}"][None]
-        mean, logvar = model.encode(ids, torch.tensor([ids.shape[1]]))
-        assert (mean[0] - OUT[f"vae.mean.{i}"]).abs().max() <= 1e-5
-        assert (logvar[0] - OUT[f"vae.logvar.{i}"]).abs().max() <= 1e-5
-    means = [OUT[f"vae.mean.{i}"] for i in range(3)]  # decoded as one padded batch: padding changes nothing
-    lens = torch.tensor([len(m) for m in means])
-    z = torch.zeros(3, int(lens.max()), 8)
-    for i, m in enumerate(means):
-        z[i, : len(m)] = m
-    logits = model.decode(z, lens)
-    for i, ref in enumerate(OUT["vae.logits"].split(lens.tolist())):
-        assert (logits[i, : lens[i]] - ref).abs().max() <= 1e-5
+    diffs = vae_differences(FX)
+    assert set(diffs) == {"vae_mean", "vae_logvar", "vae_logits"} and max(diffs.values()) <= 1e-5, diffs
 
 
 @torch.no_grad()
@@ -78,45 +68,9 @@ def test_codec_latents_are_the_releases_prior_units():
     assert torch.equal(c.stats.scale, torch.ones(8)) and c.publishes_stats  # identity stats: never refitted
 
 
-def _packed_to_rows(lens, x, t):
-    n = max(lens)
-    xs, ts = torch.zeros(len(lens), n, x.shape[-1]), torch.zeros(len(lens), n)
-    sample, pos = torch.full((len(lens), n), -1), torch.zeros(len(lens), n, dtype=torch.long)
-    for i, (xi, ti) in enumerate(zip(x.split(lens), t.split(lens))):
-        xs[i, : lens[i]], ts[i, : lens[i]], sample[i, : lens[i]], pos[i, : lens[i]] = xi, ti, i, torch.arange(lens[i])
-    return xs, ts, TokenMeta(sample, pos // 4, torch.zeros_like(sample, dtype=torch.bool), pos)
-
-
-@torch.no_grad()
 def test_dit_velocity_matches_the_reference_on_a_prefill_and_on_a_cached_block():
-    model, lens = dit(), META["dit_prefill_lengths"]
-    x, t, meta = _packed_to_rows(lens, OUT["dit.prefill.x"], OUT["dit.prefill.t"] / 1000)  # the release's t / 1000
-    codec_ids = torch.zeros(t.shape, dtype=torch.long)
-    v = model(x, t, codec_ids, meta)
-    for i, ref in enumerate(OUT["dit.prefill.v"].split(lens)):
-        assert (v[i, : lens[i]] - ref).abs().max() <= 1e-5
-    cache = model.new_cache()
-    model(x, torch.zeros_like(t), codec_ids, meta, cache=cache, commit=True)  # the prefill committed at t = 0
-    pos = torch.tensor(lens)[:, None] + torch.arange(4)
-    block = TokenMeta(torch.arange(2)[:, None].expand(2, 4), pos // 4, torch.ones(2, 4, dtype=torch.bool), pos)
-    vb = model(OUT["dit.block.x"].view(2, 4, 8), OUT["dit.block.t"].view(2, 4) / 1000, torch.zeros(2, 4, dtype=torch.long), block,
-               cache=cache)
-    assert (vb - OUT["dit.block.v"].view(2, 4, 8)).abs().max() <= 1e-5
-
-
-def _generate(guidance: float, **kw):
-    c, model = codec(repetition_penalty=GEN["repetition_penalty"]), dit()
-    layout = SequenceLayout.from_specs({"text": c.latent_spec})
-    noise = OUT["gen.noise"]  # the reference's starting noise, block by block
-    with torch.no_grad():
-        prefix = c.encode_prompt(GEN["prompts"])
-        stream = c.decoder_stream(prefix)
-        examples = [[Segment("text", z, "target")] if len(z) else [] for z in prefix.unbind()]
-        # the release stops after whole blocks; latentbridge counts generated latents: ask for what 4 blocks give all
-        budget = noise.shape[0] * 4 - max(GEN["prompt_tokens_in_first_block"])
-        generate_latents(model, layout, examples, "text", budget, steps=GEN["steps"], guidance=guidance, unconditional="block",
-                         stop=stream.push, whole_blocks=True, noise=lambda i: noise[i], **kw)
-    return stream
+    diffs = dit_differences(FX)
+    assert set(diffs) == {"dit_prefill", "dit_block"} and max(diffs.values()) <= 1e-5, diffs
 
 
 def test_a_whole_greedy_generation_gives_the_references_tokens():
@@ -124,16 +78,17 @@ def test_a_whole_greedy_generation_gives_the_references_tokens():
     is shorter than a block: no guidance for its first block), clean repaint of the prompt's partial block (prompt 2),
     repetition penalty 1.1 — every token identical, and the continuation trimmed as the reference trims it."""
     assert GEN["prompt_token_counts"] == [3, 16, 18]  # shorter than a block, whole blocks, a partial block
-    stream = _generate(GEN["guidance"])
+    stream = replay_generation(FX)
     ref = OUT["gen.ids"]
     for i in range(3):
         assert stream.context[i] == ref[i].tolist()
         assert stream.tokens[i] == ref[i, GEN["prompt_tokens_in_first_block"][i] :].tolist()
+    assert token_agreement(FX, stream) == (48, 48)
 
 
 def test_the_generation_check_can_fail():
     """The same generation without guidance differs from the reference's tokens for every prompt."""
-    stream = _generate(1.0)
+    stream = replay_generation(FX, guidance=1.0)
     assert all(stream.context[i] != OUT["gen.ids"][i].tolist() for i in range(3))
 
 
@@ -320,6 +275,55 @@ def test_pipeline_from_pretrained_and_sample_open_a_release_directory(tmp_path, 
     assert len(pipe.generate(prompts=["the cat"], target="text", max_tokens=4, steps=2)) == 1
     assert main(["sample", str(rel), "--prompt", "the sun is", "--out", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "text" / "g7" / "items.txt").is_file()
-    (rel / "cola_dlm" / "cola_dit" / "config.json").unlink()  # no longer a release, and no run directory: one line
-    with pytest.raises(ConfigError, match="is not a run directory"):
+    (rel / "cola_dlm" / "cola_dit" / "config.json").unlink()  # laid out as a release, but incomplete: named
+    with pytest.raises(CheckpointError, match="holds no cola_dit/config.json"):
         Pipeline.from_pretrained(rel)
+    with pytest.raises(ConfigError, match="is not a run directory"):  # neither a release nor a run directory
+        Pipeline.from_pretrained(tmp_path / "out")
+
+
+@pytest.mark.parametrize("damage, expected", [
+    ("weights", "cola_vae: model.safetensors is missing"),
+    ("architecture", "model_type is 'llama', expected 'cola_dit'"),
+])
+def test_sampling_a_damaged_release_is_one_line(tmp_path, autoload_plugins, damage, expected):
+    import subprocess
+
+    rel = _copy(tmp_path)
+    if damage == "weights":
+        (rel / "cola_dlm" / "cola_vae" / "model.safetensors").unlink()
+    else:
+        cfg = rel / "cola_dlm" / "cola_dit" / "config.json"
+        cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "model_type": "llama"}))
+    proc = subprocess.run([str(Path(sys.executable).parent / "latentbridge"), "sample", str(rel), "--prompt", "the"],
+                          capture_output=True, text=True, env={**__import__("os").environ, "LATENTBRIDGE_DISABLE_PLUGIN_AUTOLOAD": "0"})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and expected in proc.stderr, proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("os").environ.get("COLA_DLM_REFERENCE"),
+                    reason="set COLA_DLM_REFERENCE to the PYTHONPATH of the reference (cola_dlm + rotary-embedding-torch) to rerun it")
+def test_the_fixture_script_reproduces_the_fixture_with_the_reference():
+    import os
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": os.environ["COLA_DLM_REFERENCE"]}
+    proc = subprocess.run([sys.executable, str(FIX / "make_fixture.py"), "--check"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "largest difference to the fixture: 0.00e+00; generated texts identical: True" in proc.stdout
+
+
+@pytest.mark.slow
+def test_the_shipped_continue_config_trains_through_the_cli(tmp_path, autoload_plugins):
+    from latentbridge.cli import main
+
+    corpus = D.write_jsonl(tmp_path / "corpus.jsonl", 40)
+    run = tmp_path / "run"
+    args = ["train", str(ROOT / "configs" / "cola_continue.yaml"), "--run-dir", str(run), "--no-progress",
+            f"--codecs.text.config.path={RELEASE}", "--codecs.text.config.max_tokens=16", f"--prior.config.path={RELEASE}",
+            f"--data.config.path={corpus}", "--data.config.num_workers=0", "--train.steps=2", "--train.batch_size=4",
+            "--train.row_length=64", "--train.mixed_precision=no", "--train.warmup_steps=1", "--train.checkpoint_every=2"]
+    assert main(args) == 0
+    assert (run / "checkpoints" / "latest").is_file() and (run / "codecs" / "text" / "cola" / "tokenizer.json").is_file()
+    assert main(["sample", str(run), "--prompt", "the cat"]) == 0
