@@ -664,3 +664,17 @@ def test_too_few_samples_for_the_ring_evaluator_is_one_line(tmp_path, uninterrup
 
     with pytest.raises(ConfigError, match="at least 80 \\(got 32\\)"):
         evaluate_run(copy_run(uninterrupted, tmp_path / "run"), samples=32, registries=reg, progress=False, log=lambda _: None)
+
+
+def test_a_run_from_before_prior_backbones_resumes(tmp_path, uninterrupted, reg):
+    """Configs written before `prior.backbone` / `prior.config` existed lack those keys: their defaults are no change."""
+    import re
+
+    run_dir = copy_run(uninterrupted, tmp_path / "run")
+    for path in [run_dir / "config.yaml", *(run_dir / "checkpoints").glob("step_*/config.yaml")]:
+        text = path.read_text()
+        old = re.sub(r"(?m)^  backbone: dit\n|^  config: null\n", "", text)
+        assert old != text
+        path.write_text(old)
+    train(load_config(CONFIG, SMALL + ["--train.steps=32"]), run_dir, reg=reg, resume=True, progress=False)
+    assert latest_checkpoint(run_dir / "checkpoints").name == "step_0000032"

@@ -173,7 +173,9 @@ def _train(cfg: ExperimentConfig, run_dir: Path, reg: Registries, *, resume: boo
         finish_codec(own, run_dir / "codecs" / own) if stage == "codec" else codecs[own].save_pretrained(run_dir / "codecs" / own)
     if stage == "codec":
         return codecs, None, None
-    prior = copy.deepcopy(trainer.module.trainable["prior"])
+    prior = copy.deepcopy(trainer.module.trainable["prior"]).requires_grad_(False)  # same backbone, then the EMA weights
+    for p in prior.parameters():
+        p.grad = None
     prior.load_state_dict({k.removeprefix("prior."): v for k, v in weights.items() if k.startswith("prior.")}, strict=True)
     return codecs, prior.eval(), trainer.layout
 

@@ -47,7 +47,7 @@ from latentbridge.flow import make_time_sampler
 from latentbridge.plugins import Registries
 from latentbridge.prior import PriorBackbone
 from latentbridge.sequence import SequenceLayout, drop_conditions
-from latentbridge.typedconfig import dump_yaml, parse_yaml, save_config, to_dict
+from latentbridge.typedconfig import dump_yaml, from_dict, parse_yaml, save_config, to_dict
 from latentbridge.versions import provider_of
 from latentbridge.train.checkpoint import clean_partial, latest_checkpoint, load_checkpoint, save_checkpoint, step_name
 from latentbridge.train.feed import LocalBatch, example_generator
@@ -315,6 +315,10 @@ class Trainer:
 
     def _check_compatible(self, ckpt: dict[str, Any], path: Path) -> None:
         old = parse_yaml(ckpt["config_yaml"], f"{path}/config.yaml")
+        try:  # through the schema: keys a newer latentbridge added with their defaults (e.g. prior.backbone) are no change
+            old = to_dict(from_dict(ExperimentConfig, old))
+        except ConfigError:
+            pass
         new = to_dict(self.cfg)
         changed = [k for k in ARCHITECTURE_KEYS if _get(old, k) != _get(new, k)]
         if changed:

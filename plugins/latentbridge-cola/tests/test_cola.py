@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from latentbridge.codecs import LatentSpec
 from latentbridge.errors import CheckpointError, ConfigError
 from latentbridge.pipeline import generate_latents
 from latentbridge.sequence import Segment, SequenceLayout
@@ -327,3 +328,25 @@ def test_the_shipped_continue_config_trains_through_the_cli(tmp_path, autoload_p
     assert main(args) == 0
     assert (run / "checkpoints" / "latest").is_file() and (run / "codecs" / "text" / "cola" / "tokenizer.json").is_file()
     assert main(["sample", str(run), "--prompt", "the cat"]) == 0
+
+
+@torch.no_grad()
+def test_another_modality_beside_the_text_gets_new_projections_and_the_released_weights_stay():
+    """Condition the released model on a second codec stream (width 4): fresh extra_in/extra_out for it, the release's
+    weights loaded unchanged, text-only inputs give the release's velocities, and generation stays cached == uncached."""
+    both = ColaDiT.from_directory(str(RELEASE), codec_dims=(8, 4), text_codec=0).eval()
+    assert set(both.extra_in) == {"1"} and both.extra_in["1"].weight.shape == (64, 4)
+    alone = dit()
+    shared = alone.state_dict()
+    assert all(torch.equal(both.state_dict()[k], v) for k, v in shared.items())
+    layout = SequenceLayout.from_specs({"text": codec().latent_spec, "image": LatentSpec(dim=4, block_size=2, tokens_per_item=2)})
+    g = torch.Generator().manual_seed(0)
+    prompts = [[Segment("image", torch.randn(2, 4, generator=g), "cond"), Segment("text", torch.randn(5, 8, generator=g), "target")],
+               [Segment("image", torch.randn(2, 4, generator=g), "cond")]]
+    a, b = (generate_latents(both, layout, prompts, "text", 6, steps=3, guidance=3.0, unconditional="conditions", use_cache=c)
+            for c in (True, False))
+    assert max(float((x - y).abs().max()) for x, y in zip(a, b)) <= 1e-5
+    plain = generate_latents(both, layout, prompts, "text", 6, steps=3, guidance=1.0)
+    assert max(float((x - y).abs().max()) for x, y in zip(a, plain)) > 1e-3  # the image condition is used by guidance
+    with pytest.raises(ConfigError, match=r"prior.config.text_codec: codec 1 has 4 latent channels, but the Cola DiT takes 8"):
+        ColaDiT.from_directory(str(RELEASE), codec_dims=(8, 4), text_codec=1)
