@@ -255,7 +255,8 @@ def generate_latents(
             return torch.where(pm, 0.0, guided_velocity(v_full, v_without, scales, t, guidance_interval))
 
         if noise is None:  # [S, K, D]: a whole block per sample, whatever K is
-            start = torch.stack([torch.randn(bs, dim, generator=g, dtype=dtype)[:k] for g in generators]).to(device)
+            # drawn in fp32 whatever the prior's dtype: a sample is the same noise in fp32, bf16 or fp64
+            start = torch.stack([torch.randn(bs, dim, generator=g)[:k] for g in generators]).to(device, dtype)
         else:
             start = noise(blocks_done).to(device, dtype)[:, :k]
         block = integrate(velocity, torch.where(pm, pin_values, start), steps=steps, solver=solver, shift=shift)
@@ -318,6 +319,15 @@ class Pipeline:
         """The run's codecs and the EMA prior of its latest checkpoint (latentbridge.runs.load_run)."""
         run = load_run(run_dir, registries)
         return cls(run.cfg, run.codecs, run.prior, run.layout, run.registries)
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Pipeline:
+        """Move the prior and every codec to `device`; run the prior in `dtype` (e.g. torch.bfloat16 on a GPU). Codecs
+        keep their own dtype: latents are cast where they cross between a codec and the prior. Returns self."""
+        if device is not None:
+            for codec in self.codecs.values():
+                codec.to(device)
+        self.prior.to(device=device, dtype=dtype)
+        return self
 
     @property
     def tasks(self) -> list[Task]:

@@ -151,8 +151,45 @@ def test_given_noise_replaces_the_samples_own_generators():
     kw = dict(target="text", num_tokens=5, steps=2, seed=3, guidance=2.0, whole_blocks=True)
     own = generate_latents(prior, LAYOUT, prompts, **kw)
     gens = [sample_generator(3, i) for i in range(3)]
-    blocks = [torch.stack([torch.randn(3, 4, generator=g, dtype=torch.float64) for g in gens]) for _ in range(3)]
+    blocks = [torch.stack([torch.randn(3, 4, generator=g) for g in gens]) for _ in range(3)]  # drawn in fp32
     given = generate_latents(prior, LAYOUT, prompts, noise=lambda i: blocks[i], **kw)
     assert all(torch.equal(a, b) for a, b in zip(own, given))
     other = generate_latents(prior, LAYOUT, prompts, noise=lambda i: -blocks[i], **kw)
     assert all(not torch.allclose(a, b) for a, b in zip(own, other))
+
+
+def _toy_pipeline():
+    from latentbridge.build import build_codecs, build_prior, layout_of
+    from latentbridge.config import ExperimentConfig
+    from latentbridge.pipeline import Pipeline
+    from latentbridge.plugins import registries
+    from latentbridge.typedconfig import from_dict
+
+    cfg = from_dict(ExperimentConfig, {"name": "x", "codecs": {"c": {"codec": "identity", "config": {"dim": 4, "block_size": 1, "tokens_per_item": 1}},
+                                                               "v": {"codec": "identity", "config": {"dim": 6, "tokens_per_item": 4}}},
+                                       "task": {"cond": ["c"], "target": "v"}, "prior": {"preset": "tiny"}})
+    reg = registries()
+    codecs = {r: c.freeze() for r, c in build_codecs(cfg, reg).items()}
+    layout = layout_of(cfg, codecs)
+    torch.manual_seed(0)
+    prior = build_prior(cfg, layout, reg)
+    with torch.no_grad():
+        for p in prior.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return Pipeline(cfg, codecs, prior.eval(), layout, reg)
+
+
+def test_pipeline_to_moves_the_prior_and_every_codec():
+    pipe = _toy_pipeline().to("meta", torch.bfloat16)
+    prior = [t for t in [*pipe.prior.parameters(), *pipe.prior.buffers()] if t.is_floating_point()]
+    assert all(t.device.type == "meta" and t.dtype == torch.bfloat16 for t in prior)
+    codec = [t for c in pipe.codecs.values() for t in [*c.parameters(), *c.buffers()]]
+    assert codec and all(t.device.type == "meta" and t.dtype == torch.float32 for t in codec)  # codecs keep their dtype
+
+
+def test_a_prior_in_another_dtype_than_its_codecs_generates_the_same_items():
+    items = [torch.randn(1, 4, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    fp32 = _toy_pipeline().generate({"c": items}, target="v", steps=2)
+    fp64 = _toy_pipeline().to(dtype=torch.float64).generate({"c": items}, target="v", steps=2)  # codecs stay fp32
+    assert all(a.dtype == b.dtype == torch.float32 for a, b in zip(fp32, fp64))
+    assert max(float((a - b).abs().max()) for a, b in zip(fp32, fp64)) < 1e-4

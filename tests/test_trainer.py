@@ -678,3 +678,23 @@ def test_a_run_from_before_prior_backbones_resumes(tmp_path, uninterrupted, reg)
         path.write_text(old)
     train(load_config(CONFIG, SMALL + ["--train.steps=32"]), run_dir, reg=reg, resume=True, progress=False)
     assert latest_checkpoint(run_dir / "checkpoints").name == "step_0000032"
+
+
+@pytest.mark.parametrize("stage", ["prior", "joint"])
+def test_moving_the_stage_module_moves_its_frozen_codecs_and_stage1_copy(reg, stage):
+    """accelerate's prepare moves the trained module to the accelerator; the frozen codecs (and the joint stage's
+    stage-1 copy), held outside it, must follow, or a GPU run mixes CPU and GPU tensors. Checked on the meta device."""
+    from latentbridge.build import build_codecs, build_prior, layout_of
+    from latentbridge.tasks import tasks_of
+    from latentbridge.train.trainer import StageLoss
+
+    cfg = load_config(CONFIG, SMALL + [f"--train.stage={stage}"])
+    codecs = build_codecs(cfg, reg)
+    layout = layout_of(cfg, codecs)
+    module = StageLoss(stage, cfg, codecs, build_prior(cfg, layout, reg), layout, "point" if stage == "joint" else None,
+                       tasks_of(cfg, reg))
+    module.to("meta")
+    held = [*module.frozen.values(), *([module.stage1] if module.stage1 is not None else [])]
+    assert held and (stage == "prior" or module.stage1 is not None)
+    left = [n for m in [module, *held] for n, t in [*m.named_parameters(), *m.named_buffers()] if t.device.type != "meta"]
+    assert not left, left

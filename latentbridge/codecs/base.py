@@ -237,6 +237,7 @@ class Codec(nn.Module):
                 f"codec '{self.name}' decodes latents of shape [B, N, {self.latent_spec.dim}], "
                 f"got {tuple(v.shape)}"
             )
+        v = v.to(self.stats.shift.device, self.dtype)  # the prior may run on another device or dtype than the codec
         return self.check_decoded(self.raw_decode(self.stats.denormalize(v), latents.lengths), v.shape[0])
 
     def freeze(self) -> Codec:

@@ -98,13 +98,25 @@ class StageLoss(nn.Module):
             raise ConfigError("train.stage=joint trains one codec with the prior on one task; a task mixture trains with "
                               "train.stage=prior (frozen codecs). Use stage prior, or one `task`.")
 
+    def _apply(self, fn, recurse: bool = True):
+        """`.to(device)` (what accelerate's prepare calls) moves the frozen codecs and the stage-1 copy too: they are held
+        outside the trained modules, but their encodes must run where the prior runs."""
+        super()._apply(fn, recurse)
+        for codec in [*self.frozen.values(), *([self.stage1] if self.stage1 is not None else [])]:
+            codec._apply(fn, recurse)
+        return self
+
     def _latents(self, role: str, batch: Any, gens: list[torch.Generator]) -> list[Tensor]:
         """Each example's latents of `role`: a posterior sample drawn with the example's own generator (or the mean)."""
         codec = self.codecs[role]
         sample = self.cfg.codecs[role].latents == "sample"
         grad = self.stage == "joint" and role == self.role
         with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
-            post = batch if isinstance(batch, Posterior) else codec.raw_encode(batch)  # a Posterior: from a latent cache
+            if isinstance(batch, Posterior):  # from a latent cache (read on the host): to where the codec runs
+                dev = codec.stats.shift.device
+                post = Posterior(batch.mean.to(dev), batch.lengths.to(dev), None if batch.logvar is None else batch.logvar.to(dev))
+            else:
+                post = codec.raw_encode(batch)
             codec.check_posterior(post)
             if sample and post.logvar is not None:
                 post = Posterior(post.mean + torch.exp(0.5 * post.logvar) * _example_noise(post, gens), post.lengths)
