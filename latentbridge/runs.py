@@ -66,11 +66,17 @@ def release_run(directory: str | Path, reg: Registries | None = None) -> Run | N
         data = entry.cls.experiment_for(Path(directory))
         if data is None:
             continue
-        cfg = from_dict(ExperimentConfig, data, path=f"{entry.name} release")
-        codecs = {role: codec.freeze() for role, codec in build_codecs(cfg, reg).items()}
-        layout = layout_of(cfg, codecs)
-        return Run(Path(directory), cfg, codecs, build_prior(cfg, layout, reg).eval(), layout, reg)
+        return built_run(from_dict(ExperimentConfig, data, path=f"{entry.name} release"), Path(directory), reg)
     return None
+
+
+def built_run(cfg: ExperimentConfig, directory: Path, reg: Registries | None = None) -> Run:
+    """A run of an experiment whose codecs and prior bring their own weights (released models): built from the config
+    alone, frozen, with no checkpoint read."""
+    reg = reg or registries()
+    codecs = {role: codec.freeze() for role, codec in build_codecs(cfg, reg).items()}
+    layout = layout_of(cfg, codecs)
+    return Run(Path(directory), cfg, codecs, build_prior(cfg, layout, reg).eval(), layout, reg)
 
 
 def load_run(run_dir: str | Path, reg: Registries | None = None, *, need_prior: bool = True) -> Run:

@@ -42,6 +42,22 @@ FORMAT = "latentbridge-codec"
 FORMAT_VERSION = 1
 
 
+def write_text_lines(items: Sequence[Any], directory: str | os.PathLike, names: Sequence[str] | None = None) -> list[Path]:
+    """Texts in `directory`/items.txt, one a line (`name<TAB>text` when names are given; line breaks become spaces): the
+    write_items of codecs whose items are texts."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    flat = [" ".join(str(x).split()) for x in items]
+    lines = [f"{' '.join(str(n).split())}\t{x}" for n, x in zip(names, flat)] if names is not None else flat
+    (directory / "items.txt").write_text("".join(line + "\n" for line in lines))
+    return [directory / "items.txt"]
+
+
+def read_text_lines(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """Every non-empty line of the text files is one item: the read_items of codecs whose items are texts."""
+    return [line.strip() for p in paths for line in Path(p).read_text().splitlines() if line.strip()]
+
+
 @dataclasses.dataclass
 class NoConfig:
     """Config of a codec that has no options."""

@@ -61,6 +61,14 @@ def read_config(directory: Path, part: str) -> dict[str, Any]:
     return data
 
 
+def known_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """The entries of a config.json that name fields of the architecture dataclass `cls` (the rest is transformers' own)."""
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in data.items() if k in known}
+
+
 def weights_file(directory: Path) -> Path:
     file = directory / "model.safetensors"
     if not file.is_file():
@@ -71,21 +79,21 @@ def weights_file(directory: Path) -> Path:
     return file
 
 
-def load_strict(module: nn.Module, directory: Path, key_map: dict[str, str] | None = None) -> None:
-    """Load the part's safetensors into `module` by name (`key_map`: file key -> module key where they differ).
+def load_strict(module: nn.Module, directory: Path, new_keys: tuple[str, ...] = ()) -> None:
+    """Load the part's safetensors into `module` by name (the module's names are the release's).
 
-    Refused with one line: a key the module does not have, a parameter the file lacks, a shape that differs.
+    Refused with one line: a key the module does not have, a parameter the file lacks (other than `new_keys`, tensors
+    the module adds to the release and initialises itself), a shape that differs.
     """
     source = weights_file(directory)
     files = [source] if source.is_file() else sorted(source.glob("model-*.safetensors"))
     own = module.state_dict()
-    key_map = key_map or {}
     seen: set[str] = set()
     for file in files:
         try:
             with safe_open(str(file), framework="pt") as f:
                 for key in f.keys():
-                    name = key_map.get(key, key)
+                    name = key
                     if name not in own:
                         raise CheckpointError(f"{file}: key '{key}' is not part of this architecture (no parameter or buffer of "
                                               "that name); the file is of another model or version.")
@@ -98,12 +106,8 @@ def load_strict(module: nn.Module, directory: Path, key_map: dict[str, str] | No
                     seen.add(name)
         except SafetensorError as err:
             raise CheckpointError(f"{file}: not a readable safetensors file ({err}); download it again.") from None
-    missing = [k for k in own if k not in seen and not _derived(module, k)]
+    missing = [k for k in own if k not in seen and k not in new_keys]
     if missing:
         raise CheckpointError(f"{directory}: the weights lack {len(missing)} tensor(s) of this architecture, e.g. '{missing[0]}'; "
                               "the file is incomplete or of another configuration.")
 
-
-def _derived(module: nn.Module, key: str) -> bool:
-    """Buffers the module computes itself and the release does not store (non-persistent ones never appear in state_dict)."""
-    return key in getattr(module, "derived_keys", ())

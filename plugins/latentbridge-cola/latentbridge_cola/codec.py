@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from latentbridge.codecs import Codec, Latents, LatentSpec, Posterior
-from latentbridge.codecs.base import DecodeStream
+from latentbridge.codecs.base import DecodeStream, read_text_lines, write_text_lines
 from latentbridge.errors import CheckpointError, ConfigError
 
 from latentbridge_cola.checkpoint import load_strict, part_directory, read_config
@@ -145,17 +145,12 @@ class ColaVAE(Codec):
         return self._batch([self.token_ids(x) for x in items])
 
     def write_items(self, items: Sequence[Any], directory, names: Sequence[str] | None = None) -> list[Path]:
-        """The texts in items.txt, one a line (`name<TAB>text` when names are given; line breaks become spaces)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        flat = [" ".join(str(x).split()) for x in items]
-        lines = [f"{' '.join(str(n).split())}\t{x}" for n, x in zip(names, flat)] if names is not None else flat
-        (directory / "items.txt").write_text("".join(line + "\n" for line in lines))
-        return [directory / "items.txt"]
+        """The texts in items.txt, one a line (latentbridge.codecs.base.write_text_lines)."""
+        return write_text_lines(items, directory, names)
 
     def read_items(self, paths: Sequence[Any]) -> list[str]:
         """Every non-empty line of the text files is one item."""
-        return [line.strip() for p in paths for line in Path(p).read_text().splitlines() if line.strip()]
+        return read_text_lines(paths)
 
     def example_items(self, n: int, generator: torch.Generator) -> list[str]:
         words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "far", "blue", "sky"]

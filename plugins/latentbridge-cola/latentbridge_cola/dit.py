@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from latentbridge.errors import CheckpointError, ConfigError
 from latentbridge.prior import KVCache, PriorBackbone, TokenMeta, block_causal_mask
 
-from latentbridge_cola.checkpoint import load_strict, part_directory, read_config
+from latentbridge_cola.checkpoint import known_fields, load_strict, part_directory, read_config
 
 
 @dataclasses.dataclass
@@ -51,8 +51,7 @@ class DiTArch:
 
     @classmethod
     def from_json(cls, data: dict[str, Any], where: str) -> DiTArch:
-        known = {f.name for f in dataclasses.fields(cls)}
-        arch = cls(**{k: v for k, v in data.items() if k in known})
+        arch = cls(**known_fields(cls, data))
         if arch.patch_size != 1:
             raise CheckpointError(f"{where}: patch_size={arch.patch_size}; the cola-dit backbone supports the released patch_size 1.")
         if arch.emb_dim != arch.txt_dim:
@@ -262,9 +261,7 @@ class ColaDiT(PriorBackbone):
 
     def load_release(self, directory) -> None:
         """The release's weights by name; the experiment's extra codec projections keep their fresh initialisation."""
-        extra = {k: v for k, v in self.state_dict().items() if k.startswith(("extra_in.", "extra_out."))}
-        self.derived_keys = tuple(extra)
-        load_strict(self, directory)
+        load_strict(self, directory, new_keys=tuple(k for k in self.state_dict() if k.startswith(("extra_in.", "extra_out."))))
         self._loaded = True
 
     def new_cache(self) -> KVCache:

@@ -46,16 +46,13 @@ def experiment_config(path: str | Path, *, name: str = "cola-dlm", codec: dict[s
 
 
 def pipeline(path: str | Path, registries=None, **options: Any):
-    """A latentbridge Pipeline over the release at `path` (released weights, no training)."""
-    from latentbridge.build import build_codecs, build_prior, layout_of
+    """A latentbridge Pipeline over the release at `path` (released weights, no training); `options` as for
+    experiment_config."""
     from latentbridge.pipeline import Pipeline
-    from latentbridge.plugins import registries as default_registries
+    from latentbridge.runs import built_run
 
-    reg = registries or default_registries()
-    cfg = experiment_config(path, **options)
-    codecs = {r: c.freeze() for r, c in build_codecs(cfg, reg).items()}
-    layout = layout_of(cfg, codecs)
-    return Pipeline(cfg, codecs, build_prior(cfg, layout, reg).eval(), layout, reg)
+    run = built_run(experiment_config(path, **options), Path(path), registries)
+    return Pipeline(run.cfg, run.codecs, run.prior, run.layout, run.registries)
 
 
 def write_run(path: str | Path, run_dir: str | Path, registries=None, **options: Any) -> Path:

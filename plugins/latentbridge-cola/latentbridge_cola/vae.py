@@ -24,6 +24,8 @@ from torch import Tensor, nn
 
 from latentbridge.errors import CheckpointError
 
+from latentbridge_cola.checkpoint import known_fields
+
 
 @dataclasses.dataclass
 class VAEArch:
@@ -60,8 +62,7 @@ class VAEArch:
 
     @classmethod
     def from_json(cls, data: dict[str, Any], where: str) -> VAEArch:
-        known = {f.name for f in dataclasses.fields(cls)}
-        arch = cls(**{k: v for k, v in data.items() if k in known})
+        arch = cls(**known_fields(cls, data))
         unsupported = {"layer_norm_type": arch.layer_norm_type == "layer_norm", "shared_heads_kv": arch.shared_heads_kv == 1,
                        "act": arch.act in ("swiglu", "silu", "gelu"), "causal": not arch.causal}
         bad = [k for k, ok in unsupported.items() if not ok]
