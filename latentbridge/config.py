@@ -120,6 +120,9 @@ class SamplingConfig:
     trains); block: the block being generated alone, all context removed (Cola DLM's text guidance; a first block
     with no context gets no guidance); auto: conditions for tasks with conditions, block for tasks without (text
     continuation, where dropping conditions would leave guidance with nothing to do)."""
+    compile: bool = False
+    """Generate with the prior under torch.compile (the KV-cached block step and the prefill; inductor on CPU and
+    GPU). The first blocks pay for compiling; worth it for long generations on a GPU."""
 
 
 @dataclasses.dataclass
@@ -159,7 +162,15 @@ class TrainConfig:
     codec_lr: NonNegativeFloat = 1e-2
     """Learning rate of the codec stage."""
     mixed_precision: Literal["no", "bf16"] = "no"
-    """bf16 autocast (the CPU here supports it; so do recent GPUs)."""
+    """bf16 autocast (the CPU here supports it; so do recent GPUs); under train.parallel=fsdp also FSDP's policy:
+    bf16 parameters in compute, gradients reduced in fp32."""
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    """How several processes (torchrun / accelerate launch) share the work. ddp: every process holds the whole
+    model and optimizer; fsdp: FSDP2 shards the prior (each block) and a trained codec over the processes, and
+    checkpoints are sharded (torch.distributed.checkpoint) with a full-weights export beside them. Both give the
+    same losses as one process; a run may resume with another process count."""
+    compile: bool = False
+    """Compile the prior's training step with torch.compile (inductor). Costs a minute of compiling at the start."""
     log_every: PositiveInt = 50
     """Steps between metrics.jsonl lines."""
     checkpoint_every: Count = 500

@@ -4,13 +4,16 @@
         model.safetensors      trainable weights (prior.* and/or codec.*)
         ema.safetensors        EMA of those weights (when enabled)
         optimizer.pt           optimizer state (tensors and numbers only; loaded with weights_only=True)
+        sharded/               instead of optimizer.pt under train.parallel=fsdp: every process's shards of the
+                               weights, optimizer state and EMA (torch.distributed.checkpoint), which resume reads
         state.json             step, scheduler state, experiment, stage, codecs (name, provider, fingerprint), versions
         rng.safetensors        torch's CPU RNG state
         config.yaml            the resolved config of the run
     checkpoints/latest         name of the newest complete checkpoint
 
 A checkpoint is written into a hidden temporary directory and renamed into place, then `latest` is
-replaced atomically: a process killed mid-write leaves the previous checkpoint intact.
+replaced atomically: a process killed mid-write leaves the previous checkpoint intact. A sharded checkpoint's
+processes all write into that directory first; it is renamed only after every one of them finished.
 """
 
 from __future__ import annotations
@@ -47,18 +50,22 @@ def save_checkpoint(
     *,
     model: dict[str, torch.Tensor],
     ema: dict[str, torch.Tensor] | None,
-    optimizer: dict[str, Any],
+    optimizer: dict[str, Any] | None,
     state: dict[str, Any],
     config_yaml: str,
     keep: int,
+    tmp: Path | None = None,
 ) -> Path:
     """Write checkpoint `step` atomically, point `latest` at it, and keep only the newest `keep`.
 
     A write that fails (full disk, read-only filesystem) removes its partial files and raises a CheckpointError
-    naming the directory, the free space and the checkpoint `latest` still names."""
-    tmp = ckpt_root / f".tmp-{step_name(step)}-{os.getpid()}"
+    naming the directory, the free space and the checkpoint `latest` still names.
+
+    `tmp`: a temporary directory already holding the processes' `sharded/` state (then `optimizer` is None)."""
+    given = tmp is not None
+    tmp = tmp if given else temp_dir(ckpt_root, step, os.getpid())
     try:
-        return _write(ckpt_root, step, tmp, model=model, ema=ema, optimizer=optimizer, state=state, config_yaml=config_yaml,
+        return _write(ckpt_root, step, tmp, given, model=model, ema=ema, optimizer=optimizer, state=state, config_yaml=config_yaml,
                       keep=keep)
     except (OSError, RuntimeError, SafetensorError) as err:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -94,20 +101,28 @@ def _write_failure(ckpt_root: Path, step: int, err: BaseException) -> str:
     return f"could not write checkpoint {step_name(step)} into {ckpt_root}: {why}. {kept}. {fix}."
 
 
-def _write(ckpt_root: Path, step: int, tmp: Path, *, model: dict[str, torch.Tensor], ema: dict[str, torch.Tensor] | None,
-           optimizer: dict[str, Any], state: dict[str, Any], config_yaml: str, keep: int) -> Path:
+def temp_dir(ckpt_root: Path, step: int, tag: int | str = "sharded") -> Path:
+    """The temporary directory checkpoint `step` is written into (every process of a sharded save names the same)."""
+    return Path(ckpt_root) / f".tmp-{step_name(step)}-{tag}"
+
+
+def _write(ckpt_root: Path, step: int, tmp: Path, given: bool, *, model: dict[str, torch.Tensor],
+           ema: dict[str, torch.Tensor] | None, optimizer: dict[str, Any] | None, state: dict[str, Any], config_yaml: str,
+           keep: int) -> Path:
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / step_name(step)
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    if not given:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
     save_file(_state_dict_tensors(model), str(tmp / "model.safetensors"))
     if ema is not None:
         save_file(_state_dict_tensors(ema), str(tmp / "ema.safetensors"))
     pause = float(os.environ.get(PAUSE_ENV, "0") or 0)
     if pause:
         time.sleep(pause)
-    torch.save(optimizer, tmp / "optimizer.pt")
+    if optimizer is not None:
+        torch.save(optimizer, tmp / "optimizer.pt")
     save_file({"torch_cpu": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
     (tmp / "config.yaml").write_text(config_yaml)
     (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=2) + "\n")
@@ -163,9 +178,13 @@ def load_checkpoint(path: Path, training_state: bool = True) -> dict[str, Any]:
         out["state"] = json.loads((path / "state.json").read_text())
         out["model"] = load_file(str(path / "model.safetensors"))
         out["ema"] = load_file(str(path / "ema.safetensors")) if (path / "ema.safetensors").exists() else None
+        sharded = path / "sharded"
+        out["sharded"] = sharded if sharded.is_dir() else None
+        if sharded.is_dir() and not (sharded / ".metadata").is_file():
+            raise OSError(f"{sharded}/.metadata is missing")
         if training_state:
             out["rng"] = load_file(str(path / "rng.safetensors"))["torch_cpu"]
-            out["optimizer"] = torch.load(path / "optimizer.pt", weights_only=True)
+            out["optimizer"] = None if out["sharded"] else torch.load(path / "optimizer.pt", weights_only=True)
         out["config_yaml"] = (path / "config.yaml").read_text()
     except (OSError, json.JSONDecodeError, SafetensorError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as err:
         older = [p.name for p in complete_checkpoints(path.parent) if p.name < path.name]

@@ -10,7 +10,6 @@ per-epoch permutations; a `tasks` mixture draws each batch from its tasks' data 
 
 from __future__ import annotations
 
-import copy
 import os
 import shutil
 from pathlib import Path
@@ -173,11 +172,7 @@ def _train(cfg: ExperimentConfig, run_dir: Path, reg: Registries, *, resume: boo
         finish_codec(own, run_dir / "codecs" / own) if stage == "codec" else codecs[own].save_pretrained(run_dir / "codecs" / own)
     if stage == "codec":
         return codecs, None, None
-    prior = copy.deepcopy(trainer.module.trainable["prior"]).requires_grad_(False)  # same backbone, then the EMA weights
-    for p in prior.parameters():
-        p.grad = None
-    prior.load_state_dict({k.removeprefix("prior."): v for k, v in weights.items() if k.startswith("prior.")}, strict=True)
-    return codecs, prior.eval(), trainer.layout
+    return codecs, trainer.export_prior(weights), trainer.layout  # same backbone, then the EMA weights
 
 
 def _fixed_items(source: Any) -> bool:

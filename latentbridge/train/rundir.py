@@ -97,7 +97,8 @@ class RunLock:
 
 # What --resume may change: how long to train, how often to log and checkpoint, and what happens after training.
 # Everything else changes what the finished steps mean (a new run, or --init-from, is the way to change it).
-RESUME_MAY_CHANGE = ("train.steps", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "sampling", "eval")
+RESUME_MAY_CHANGE = ("train.steps", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.parallel",
+                     "train.compile", "sampling", "eval")  # parallel: a checkpoint of either kind resumes under the other
 
 
 def existing_work(run_dir: Path) -> list[str]:

@@ -24,6 +24,7 @@ import importlib.util
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -35,6 +36,7 @@ import torch
 from accelerate import Accelerator
 from torch import Tensor, nn
 from torch import distributed as dist
+from torch.distributed.tensor import DTensor
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
@@ -49,7 +51,9 @@ from latentbridge.prior import PriorBackbone
 from latentbridge.sequence import SequenceLayout, drop_conditions
 from latentbridge.typedconfig import dump_yaml, from_dict, parse_yaml, save_config, to_dict
 from latentbridge.versions import provider_of
-from latentbridge.train.checkpoint import clean_partial, latest_checkpoint, load_checkpoint, save_checkpoint, step_name
+from latentbridge.train import parallel
+from latentbridge.train.checkpoint import (_write_failure, clean_partial, latest_checkpoint, load_checkpoint, save_checkpoint,
+                                           step_name, temp_dir)
 from latentbridge.train.feed import LocalBatch, example_generator
 from latentbridge.train.metrics import read_metrics_file
 from latentbridge.train.objective import BatchNoise, draw_noise, prior_loss
@@ -217,7 +221,10 @@ def ema_avg_fn(decay: float, warmup: bool) -> Callable[[list[Tensor], list[Tenso
     def update(ema_params: list[Tensor], params: list[Tensor], num_averaged: Tensor) -> None:
         n = int(num_averaged)
         d = min(decay, (1 + n) / (10 + n)) if warmup else decay
-        torch._foreach_lerp_(ema_params, params, 1.0 - d)
+        sharded = [isinstance(e, DTensor) for e in ema_params]  # under FSDP: sharded parameters beside plain buffers
+        for kind in {*sharded}:  # one foreach call may not mix the two
+            pick = [i for i, s in enumerate(sharded) if s == kind]
+            torch._foreach_lerp_([ema_params[i] for i in pick], [params[i] for i in pick], 1.0 - d)
 
     return update
 
@@ -254,24 +261,46 @@ class Trainer:
         per = self.batch_size // world
         self.rank_slice = slice(self.acc.process_index * per, (self.acc.process_index + 1) * per)
 
-        prior, self.layout = None, None
+        prior, self.layout, self.registries = None, None, registries
         if self.stage in ("prior", "joint"):
             self.layout = SequenceLayout.from_specs({r: codecs[r].latent_spec for r in cfg.codecs})
             torch.manual_seed(cfg.seed)
             prior = build_prior(cfg, self.layout, registries)
+        self.fsdp = t.parallel == "fsdp"
+        self.sharded = self.fsdp and world > 1  # one process: nothing to shard (checkpoints keep the sharded format)
+        if self.sharded and self.role is not None and self.stage in ("codec", "joint"):
+            # FSDP changes the module it shards for good: shard a copy, the caller's codec gets the trained weights after
+            codecs = {**codecs, self.role: copy.deepcopy(codecs[self.role])}
+        if t.compile and prior is not None:
+            parallel.compile_prior(prior, sharded=self.sharded)
         self.module = StageLoss(self.stage, cfg, codecs, prior, self.layout, self.role, tasks or [])
-        opt = torch.optim.AdamW(self.module.trainable.parameters(), lr=self.lr, betas=t.betas, weight_decay=t.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_schedule(s, t.warmup_steps, self.steps))
-        self.wrapped, self.optimizer = self.acc.prepare(self.module, opt)
-        # after prepare: the EMA copies the weights where prepare put them (on the accelerator, not the host)
-        self.ema = AveragedModel(self.module.trainable, multi_avg_fn=ema_avg_fn(t.ema_decay, t.ema_warmup), use_buffers=True) \
-            if t.ema_decay > 0 else None
+        self.roots: list[nn.Module] = []  # FSDP roots (their gradient sync is switched off on accumulating micro-steps)
+        if self.fsdp:
+            self.module.to(self.acc.device)
+            self.ema = self._new_ema()  # of the whole weights, then sharded like them: its update is a lerp of shards
+            if self.sharded:
+                self.roots = parallel.fsdp_shard(self.module.trainable, self.acc.device, t.mixed_precision)
+                if self.ema is not None:
+                    parallel.fsdp_shard(self.ema.module, self.acc.device, t.mixed_precision)
+            self._opt = torch.optim.AdamW(self.module.trainable.parameters(), lr=self.lr, betas=t.betas, weight_decay=t.weight_decay)
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self._opt, lambda s: lr_schedule(s, t.warmup_steps, self.steps))
+            self.wrapped, self.optimizer = self.module, self.acc.prepare(self._opt)
+        else:
+            self._opt = torch.optim.AdamW(self.module.trainable.parameters(), lr=self.lr, betas=t.betas, weight_decay=t.weight_decay)
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self._opt, lambda s: lr_schedule(s, t.warmup_steps, self.steps))
+            self.wrapped, self.optimizer = self.acc.prepare(self.module, self._opt)
+            self.ema = self._new_ema()  # after prepare: the EMA copies the weights where prepare put them (the accelerator)
         self.start_step = 0
         self.resumed_from: Path | None = None
         if resume:
             self._resume()
         elif init_from is not None:
             self._init_from(Path(init_from))
+
+    def _new_ema(self) -> AveragedModel | None:
+        t = self.cfg.train
+        return AveragedModel(self.module.trainable, multi_avg_fn=ema_avg_fn(t.ema_decay, t.ema_warmup), use_buffers=True) \
+            if t.ema_decay > 0 else None
 
     # ---- run directory -------------------------------------------------------------------------------
 
@@ -313,10 +342,19 @@ class Trainer:
             return
         ckpt = load_checkpoint(path)
         self._check_compatible(ckpt, path)
-        self._load_weights(ckpt["model"], path)
-        if self.ema is not None and ckpt["ema"] is not None:
-            self.ema.load_state_dict({k: v for k, v in ckpt["ema"].items()}, strict=True)
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt["sharded"] is not None:  # written by an fsdp run (any process count): DCP reshards it to this one
+            try:
+                parallel.load_sharded(ckpt["sharded"], self.module.trainable, self._opt, self.ema)
+            except Exception as err:  # noqa: BLE001 - DCP wraps every rank's failure in its own exception
+                raise CheckpointError(f"{path}/sharded: cannot load the sharded training state into this run "
+                                      f"({' '.join(str(err).split())[:400]}).") from None
+        elif self.sharded:  # a full checkpoint (a ddp run) continued under fsdp: every process keeps its shards
+            parallel.load_full(ckpt["model"], ckpt["optimizer"], self.module.trainable, self._opt, self.ema, ckpt["ema"])
+        else:
+            self._load_weights(ckpt["model"], path)
+            if self.ema is not None and ckpt["ema"] is not None:
+                self.ema.load_state_dict({k: v for k, v in ckpt["ema"].items()}, strict=True)
+            self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["state"]["scheduler"])
         torch.set_rng_state(ckpt["rng"])
         self.start_step = ckpt["state"]["step"]
@@ -347,8 +385,13 @@ class Trainer:
 
     def _load_weights(self, weights: dict[str, Tensor], path: Path) -> None:
         try:
-            self.module.trainable.load_state_dict(weights, strict=True)
-        except RuntimeError as err:
+            if self.sharded:
+                from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+                set_model_state_dict(self.module.trainable, weights, options=StateDictOptions(full_state_dict=True))
+            else:
+                self.module.trainable.load_state_dict(weights, strict=True)
+        except (RuntimeError, KeyError, ValueError) as err:
             raise CheckpointError(f"{path}: weights do not fit this model ({' '.join(str(err).split())[:400]}).") from None
 
     def _init_from(self, path: Path) -> None:
@@ -398,7 +441,8 @@ class Trainer:
                 torch.manual_seed(self.cfg.seed * 7919 + index)  # codecs' own losses draw from the global RNG
                 items = self.batches(index, self.batch_size, self.rank_slice)
                 sync = micro == t.grad_accum - 1
-                with contextlib.nullcontext() if sync else acc.no_sync(self.wrapped):
+                parallel.set_gradient_sync(self.roots, sync)
+                with contextlib.nullcontext() if sync or self.fsdp else acc.no_sync(self.wrapped):
                     with acc.autocast():
                         terms = self.wrapped(items)
                     loss = terms["loss"]
@@ -409,7 +453,8 @@ class Trainer:
                     acc.backward(loss / t.grad_accum)
                 for k, v in terms.items():
                     totals[k] = totals.get(k, 0.0) + v.detach().float() / t.grad_accum
-            grad_norm = acc.clip_grad_norm_(self.module.trainable.parameters(), t.grad_clip)
+            grad_norm = parallel.clip_grad_norm(self.module.trainable.parameters(), t.grad_clip) if self.fsdp else \
+                acc.clip_grad_norm_(self.module.trainable.parameters(), t.grad_clip)
             self.optimizer.step()
             self.scheduler.step()
             if self.ema is not None:
@@ -458,6 +503,8 @@ class Trainer:
         return every
 
     def save(self, step: int) -> Path | None:
+        if self.fsdp:
+            return self._save_sharded(step)
         self.acc.wait_for_everyone()
         path = None
         data = self._data_state()
@@ -470,11 +517,51 @@ class Trainer:
         self.acc.wait_for_everyone()
         return path
 
+    def _save_sharded(self, step: int) -> Path | None:
+        """Every process writes its shards into the checkpoint's temporary directory (sharded/); the first process adds
+        the full weights, EMA and state, and renames it into place (and moves `latest`) only after all of them finished."""
+        acc, tmp = self.acc, temp_dir(self.ckpt_root, step)
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        try:
+            parallel.save_sharded(tmp / "sharded", self.module.trainable, self._opt, self.ema)
+        except Exception as err:  # noqa: BLE001 - DCP gathers every process's failure into one exception
+            if acc.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise CheckpointError(_write_failure(self.ckpt_root, step, err)) from None
+        model = parallel.full_model_state(self.module.trainable)  # collective: every process gathers
+        ema = parallel.full_tensors(self.ema.state_dict()) if self.ema is not None else None
+        data = self._data_state()
+        path = None
+        if acc.is_main_process:
+            state = {**self._meta(), "scheduler": self.scheduler.state_dict(), "data": data, "parallel": "fsdp",
+                     "processes": acc.num_processes}
+            path = save_checkpoint(self.ckpt_root, step, model=model, ema=ema, optimizer=None, state=state,
+                                   config_yaml=dump_yaml(self.cfg), keep=self.cfg.train.keep_checkpoints, tmp=tmp)
+        acc.wait_for_everyone()
+        return path
+
     def ema_weights(self) -> dict[str, Tensor]:
-        """The EMA of the trainable weights (the raw weights when EMA is off), keyed like trainable.state_dict()."""
+        """The EMA of the trainable weights (the raw weights when EMA is off), keyed like trainable.state_dict(); whole
+        tensors on every process, also under FSDP (collective there)."""
         if self.ema is None:
-            return self.module.trainable.state_dict()
-        return {k.removeprefix("module."): v for k, v in self.ema.state_dict().items() if k != "n_averaged"}
+            return parallel.full_model_state(self.module.trainable)
+        return {k.removeprefix("module."): v for k, v in parallel.full_tensors(self.ema.state_dict()).items() if k != "n_averaged"}
+
+    def export_prior(self, weights: dict[str, Tensor]) -> PriorBackbone:
+        """A plain (unsharded, uncompiled) copy of the prior holding `weights` (trainable-keyed, e.g. ema_weights())."""
+        if self.fsdp or self.cfg.train.compile:  # a sharded or compiled module is not copied: build the same backbone anew
+            with torch.random.fork_rng():
+                prior = build_prior(self.cfg, self.layout, self.registries).to(self.acc.device)
+        else:
+            prior = copy.deepcopy(self.module.trainable["prior"])
+        prior.requires_grad_(False)
+        for p in prior.parameters():
+            p.grad = None
+        prior.load_state_dict({k.removeprefix("prior."): v for k, v in weights.items() if k.startswith("prior.")}, strict=True)
+        return prior.eval()
 
 
 def _get(data: dict[str, Any], dotted: str) -> Any:

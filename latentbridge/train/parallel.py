@@ -1,0 +1,153 @@
+"""FSDP2 sharding, sharded checkpoints and compilation for the trainer (train.parallel, train.compile).
+
+Under `train.parallel: fsdp` the trained modules are sharded with torch's FSDP2 (`fully_shard`): each block of
+the prior (its `blocks`, when the backbone has them) is one unit and the rest of the prior another; a trained
+codec is one unit whose parameters stay gathered between its calls (the trainer calls its `loss` and
+`raw_encode`, not only `forward`). Parameters, gradients and optimizer state then live as DTensor shards, one per
+process; the EMA copy is sharded the same way, so its update is a local lerp of shards.
+
+Checkpoints of such a run are sharded too: every process writes its shards with torch.distributed.checkpoint
+(DCP) into `sharded/` of the checkpoint directory, keyed by parameter name, so a run may resume with another
+process count (DCP reshards on load). Beside it, the first process writes the usual full `model.safetensors` /
+`ema.safetensors`, which sampling and evaluation read.
+
+With one process there is nothing to shard: the modules stay plain and the checkpoints are still sharded-format
+(one shard), so a run moves between one and several processes either way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch import Tensor, nn
+from torch import distributed as dist
+
+# methods of a codec the trainer calls directly; under FSDP they gather the codec's parameters as forward does
+CODEC_METHODS = ("loss", "raw_encode")
+
+
+def distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def shard_units(prior: nn.Module) -> list[nn.Module]:
+    """The prior's FSDP units below its root: the entries of its `blocks` ModuleList, if it has one."""
+    blocks = getattr(prior, "blocks", None)
+    return list(blocks) if isinstance(blocks, nn.ModuleList) else []
+
+
+def fsdp_shard(trainable: nn.ModuleDict, device: torch.device, mixed_precision: str) -> list[nn.Module]:
+    """Shard `trainable` (its `prior` and/or `codec`) over the process group in place; return the FSDP roots."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_precision == "bf16" \
+        else MixedPrecisionPolicy()
+    roots = []
+    if "prior" in trainable:
+        prior = trainable["prior"]
+        for unit in shard_units(prior):
+            fully_shard(unit, mesh=mesh, mp_policy=policy)
+        fully_shard(prior, mesh=mesh, mp_policy=policy)
+        roots.append(prior)
+    if "codec" in trainable:
+        codec = trainable["codec"]
+        # one unit, kept gathered after each call: its methods call one another (loss -> raw_encode)
+        fully_shard(codec, mesh=mesh, mp_policy=policy, reshard_after_forward=False)
+        for name in CODEC_METHODS:
+            if callable(getattr(codec, name, None)):
+                register_fsdp_forward_method(codec, name)
+        roots.append(codec)
+    return roots
+
+
+def set_gradient_sync(roots: Iterable[nn.Module], sync: bool) -> None:
+    """FSDP2's no_sync: skip the reduce-scatter on micro-steps that accumulate."""
+    for root in roots:
+        root.set_requires_gradient_sync(sync)
+
+
+def clip_grad_norm(params: Iterable[Tensor], max_norm: float) -> Tensor:
+    """Clip gradients to a total norm; sharded (DTensor) gradients give the norm over all shards."""
+    from torch.distributed.tensor import DTensor
+
+    params = [p for p in params if p.grad is not None]
+    total = torch.nn.utils.get_total_norm([p.grad for p in params])
+    if isinstance(total, DTensor):
+        total = total.full_tensor()
+    torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+    return total
+
+
+def full_tensors(state: dict[str, Any]) -> dict[str, Tensor]:
+    """A state dict with every sharded tensor gathered (collective: every process calls it, in the same order)."""
+    from torch.distributed.tensor import DTensor
+
+    return {k: (v.full_tensor() if isinstance(v, DTensor) else v).detach() for k, v in state.items() if isinstance(v, Tensor)}
+
+
+def full_model_state(module: nn.Module) -> dict[str, Tensor]:
+    """The module's whole state dict on every process (gathered from the shards under FSDP)."""
+    return full_tensors(module.state_dict())
+
+
+def training_state(trainable: nn.Module, optimizer: torch.optim.Optimizer, ema: nn.Module | None) -> dict[str, Any]:
+    """What a sharded checkpoint holds, keyed by parameter name (as DCP saves and reshards it)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    state = {"model": get_model_state_dict(trainable), "optim": get_optimizer_state_dict(trainable, optimizer)}
+    if ema is not None:
+        state["ema"] = ema.state_dict()
+    return state
+
+
+def save_sharded(directory: Path, trainable: nn.Module, optimizer: torch.optim.Optimizer, ema: nn.Module | None) -> None:
+    """Every process writes its shards of weights, optimizer state and EMA into `directory` (collective)."""
+    import torch.distributed.checkpoint as dcp
+
+    dcp.save(training_state(trainable, optimizer, ema), storage_writer=dcp.FileSystemWriter(str(directory)))
+
+
+def load_sharded(directory: Path, trainable: nn.Module, optimizer: torch.optim.Optimizer, ema: nn.Module | None) -> None:
+    """Load a sharded checkpoint written by any number of processes into this run's layout (collective)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+    state = training_state(trainable, optimizer, ema)
+    dcp.load(state, storage_reader=dcp.FileSystemReader(str(directory)))
+    set_model_state_dict(trainable, state["model"])
+    set_optimizer_state_dict(trainable, optimizer, state["optim"])
+    if ema is not None:
+        ema.load_state_dict(state["ema"], strict=True)
+
+
+def load_full(weights: dict[str, Tensor], optimizer_state: dict[str, Any], trainable: nn.Module,
+              optimizer: torch.optim.Optimizer, ema: nn.Module | None, ema_state: dict[str, Tensor] | None) -> None:
+    """Load a full-format checkpoint (written by a ddp run) into sharded modules: each process keeps its shards."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    full = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(trainable, weights, options=full)
+    names = [n for n, _ in trainable.named_parameters()]  # the optimizer's parameter order (it was built from these)
+    by_name = {
+        "state": {names[int(i)]: s for i, s in optimizer_state["state"].items()},
+        "param_groups": [{**g, "params": [names[int(i)] for i in g["params"]]} for g in optimizer_state["param_groups"]],
+    }
+    set_optimizer_state_dict(trainable, optimizer, by_name, options=full)
+    if ema is not None and ema_state is not None:
+        mine = ema.state_dict()
+        shards = {k: distribute_tensor(ema_state[k].to(v.device_mesh.device_type), v.device_mesh, v.placements)
+                  if isinstance(v, DTensor) else ema_state[k] for k, v in mine.items()}
+        ema.load_state_dict(shards, strict=True)
+
+
+def compile_prior(prior: nn.Module, sharded: bool) -> None:
+    """torch.compile the prior in place (its state dict keeps its keys). Under FSDP each block is compiled on its own
+    (the sharding hooks sit between blocks), otherwise the whole forward."""
+    units = shard_units(prior) if sharded else []
+    for unit in units or [prior]:
+        unit.compile()
