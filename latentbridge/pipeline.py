@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from latentbridge.codecs import Codec, Latents
@@ -313,6 +313,16 @@ class Pipeline:
                  registries: Registries | None = None) -> None:
         self.cfg, self.codecs, self.prior, self.layout = cfg, codecs, prior, layout
         self.registries = registries
+        self._compiled: nn.Module | None = None
+
+    def generation_prior(self) -> PriorBackbone:
+        """The prior generation calls: the prior itself, or (sampling.compile) a torch.compile of it, made once and kept
+        (the compiled code is reused by later calls; a prior replaced or moved is compiled again)."""
+        if not self.cfg.sampling.compile:
+            return self.prior
+        if self._compiled is None or self._compiled._orig_mod is not self.prior:
+            self._compiled = torch.compile(self.prior, dynamic=True)  # block lengths and cache sizes vary: dynamic shapes
+        return self._compiled
 
     @classmethod
     def from_pretrained(cls, run_dir: str | Path, registries: Registries | None = None) -> Pipeline:
@@ -381,6 +391,7 @@ class Pipeline:
         kw = dict(steps=steps or s.steps, solver=s.solver, shift=s.shift, guidance=guidance, guidance_interval=s.guidance_interval,
                   unconditional=s.unconditional, seed=seed)
         n = next(iter(sizes.values()))
+        prior = self.generation_prior()
         out: list[Any] = []
         for start in tqdm(range(0, n, batch_size), desc=f"generate {task.target}", disable=not progress, dynamic_ncols=True):
             stop_at = min(n, start + batch_size)
@@ -388,7 +399,7 @@ class Pipeline:
             lat = {r: self.codecs[r].encode_items(list(conditions[r][start:stop_at])).unbind() for r in task.cond}
             context = [[Segment(r, lat[r][i], "cond") for r in task.cond] for i in range(size)]
             if spec.fixed:
-                z = generate_latents(self.prior, self.layout, context, task.target, spec.tokens_per_item, first_index=start, **kw)
+                z = generate_latents(prior, self.layout, context, task.target, spec.tokens_per_item, first_index=start, **kw)
                 values = torch.stack(z)
                 out += codec.decode(Latents(codec.name, values, torch.full((size,), values.shape[1])))
                 continue
@@ -399,7 +410,7 @@ class Pipeline:
             stream = codec.decoder_stream(prefix)
             examples = [ctx + ([Segment(task.target, z, "target")] if len(z) else []) for ctx, z in zip(context, prefix.unbind())]
             limit = max_tokens or spec.max_tokens or 4 * spec.block_size
-            generate_latents(self.prior, self.layout, examples, task.target, limit, stop=stream.push, first_index=start,
+            generate_latents(prior, self.layout, examples, task.target, limit, stop=stream.push, first_index=start,
                              whole_blocks=True, **kw)
             out += codec.check_decoded(stream.items(), size)
         return out

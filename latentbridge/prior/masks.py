@@ -77,8 +77,6 @@ def block_causal_mask(q: TokenMeta, k: TokenMeta, q_offset: int | None = None) -
     lq, lk = q.sample.shape[1], k.sample.shape[1]
     offset = lk - lq if q_offset is None else q_offset
     pad = q.sample < 0  # [B, Lq]
-    if bool(pad.any()):
-        self_key = torch.zeros(lq, lk, dtype=torch.bool, device=mask.device)
-        self_key[torch.arange(lq), offset + torch.arange(lq)] = True
-        mask = mask | (pad[:, :, None] & self_key[None])
-    return mask
+    qi, ki = torch.arange(lq, device=mask.device), torch.arange(lk, device=mask.device)
+    self_key = ki[None, :] == offset + qi[:, None]  # [Lq, Lk]; no branch on the data, so torch.compile keeps one graph
+    return mask | (pad[:, :, None] & self_key[None])

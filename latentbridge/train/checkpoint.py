@@ -69,10 +69,10 @@ def save_checkpoint(
                       keep=keep)
     except (OSError, RuntimeError, SafetensorError) as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise CheckpointError(_write_failure(ckpt_root, step, err)) from None
+        raise CheckpointError(write_failure(ckpt_root, step, err)) from None
 
 
-def _write_failure(ckpt_root: Path, step: int, err: BaseException) -> str:
+def write_failure(ckpt_root: Path, step: int, err: BaseException) -> str:
     import errno
 
     probe = Path(ckpt_root)

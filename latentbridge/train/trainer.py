@@ -52,7 +52,7 @@ from latentbridge.sequence import SequenceLayout, drop_conditions
 from latentbridge.typedconfig import dump_yaml, from_dict, parse_yaml, save_config, to_dict
 from latentbridge.versions import provider_of
 from latentbridge.train import parallel
-from latentbridge.train.checkpoint import (_write_failure, clean_partial, latest_checkpoint, load_checkpoint, save_checkpoint,
+from latentbridge.train.checkpoint import (write_failure, clean_partial, latest_checkpoint, load_checkpoint, save_checkpoint,
                                            step_name, temp_dir)
 from latentbridge.train.feed import LocalBatch, example_generator
 from latentbridge.train.metrics import read_metrics_file
@@ -530,7 +530,7 @@ class Trainer:
         except Exception as err:  # noqa: BLE001 - DCP gathers every process's failure into one exception
             if acc.is_main_process:
                 shutil.rmtree(tmp, ignore_errors=True)
-            raise CheckpointError(_write_failure(self.ckpt_root, step, err)) from None
+            raise CheckpointError(write_failure(self.ckpt_root, step, err)) from None
         model = parallel.full_model_state(self.module.trainable)  # collective: every process gathers
         ema = parallel.full_tensors(self.ema.state_dict()) if self.ema is not None else None
         data = self._data_state()
