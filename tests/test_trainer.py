@@ -698,3 +698,23 @@ def test_moving_the_stage_module_moves_its_frozen_codecs_and_stage1_copy(reg, st
     assert held and (stage == "prior" or module.stage1 is not None)
     left = [n for m in [module, *held] for n, t in [*m.named_parameters(), *m.named_buffers()] if t.device.type != "meta"]
     assert not left, left
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "accelerate").glob("*.yaml")), ids=lambda p: p.name)
+def test_the_accelerate_launch_configs_are_what_accelerate_reads(path):
+    """Each recipe in configs/accelerate/ loads as accelerate's own config (an unknown or misspelt key fails) and
+    starts processes only: latentbridge shards by itself (train.parallel), so none of them asks accelerate for FSDP."""
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    cfg = ClusterConfig.from_yaml_file(str(path))
+    assert cfg.distributed_type == "MULTI_GPU" and not cfg.fsdp_config and cfg.num_processes >= cfg.num_machines >= 1
+
+
+def test_accelerates_own_fsdp_is_refused_with_the_fix(reg, monkeypatch):
+    from latentbridge.build import build_codecs
+    from latentbridge.tasks import tasks_of
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    cfg = load_config(CONFIG, SMALL)
+    with pytest.raises(ConfigError, match="train.parallel: fsdp"):
+        Trainer(cfg, "unused", build_codecs(cfg, reg), lambda *a: None, tasks=tasks_of(cfg, reg), checkpoints=False, progress=False)

@@ -250,6 +250,10 @@ class Trainer:
         if self.stage in ("codec", "joint") and (self.role not in codecs or not codecs[self.role].trainable):
             raise ConfigError(f"train.stage={self.stage} trains one codec: set train.codec_role to a role with a trainable codec "
                               f"(roles: {', '.join(r for r, c in codecs.items() if c.trainable)}).")
+        if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
+            raise ConfigError("accelerate was launched with --use_fsdp (or an FSDP accelerate config): latentbridge shards by "
+                              "itself. Launch without it (distributed_type MULTI_GPU, e.g. configs/accelerate/one_node.yaml) "
+                              "and set train.parallel: fsdp.")
         log_with = ["tensorboard"] if importlib.util.find_spec("tensorboard") else None
         self.acc = Accelerator(mixed_precision=t.mixed_precision, log_with=log_with, project_dir=str(self.run_dir),
                                cpu=not torch.cuda.is_available())  # cpu=True lets torchrun processes form a gloo group
