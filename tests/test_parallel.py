@@ -103,8 +103,10 @@ def runs(tmp_path_factory) -> dict[str, Path]:
 
 def test_two_fsdp_processes_log_the_losses_of_one(runs):
     assert_same_losses(losses(runs["two"]), losses(runs["one"]))
-    a, b = (load_file(str(latest_checkpoint(runs[k] / "checkpoints") / "model.safetensors")) for k in ("one", "two"))
-    assert a.keys() == b.keys() and max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-4  # the exported full weights (Adam amplifies summation order)
+    for part in ("model", "ema"):  # the exported full weights and their EMA (kept sharded like the weights)
+        a, b = (load_file(str(latest_checkpoint(runs[k] / "checkpoints") / f"{part}.safetensors")) for k in ("one", "two"))
+        a = {k: v for k, v in a.items() if k != "n_averaged"}
+        assert a.keys() <= b.keys() and max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-4, part  # Adam amplifies summation order
 
 
 def test_fsdp_checkpoints_hold_one_shard_per_process_and_full_weights(runs, autoload_plugins):
@@ -186,3 +188,13 @@ def test_a_trained_codec_is_sharded_too_and_trains_as_under_ddp(tmp_path):
     assert max(abs(got[s] - want[s]) for s in want) <= 1e-6
     a, b = (load_file(str(tmp_path / k / "codecs" / "point" / "model.safetensors")) for k in ("fsdp", "ddp"))
     assert a.keys() == b.keys() and max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
+
+
+def test_bf16_under_fsdp_computes_in_bf16_and_keeps_fp32_weights(runs, tmp_path):
+    run(tmp_path / "bf16", 2, "--train.mixed_precision=bf16")
+    got, want = losses(tmp_path / "bf16"), losses(runs["one"])
+    assert sorted(got) == list(range(20))
+    assert 0 < max(abs(got[s] - want[s]) / want[s] for s in want) < 0.05  # bf16 compute: close to fp32, not equal
+    step = latest_checkpoint(tmp_path / "bf16" / "checkpoints")
+    weights = load_file(str(step / "model.safetensors"))
+    assert {v.dtype for v in weights.values()} == {torch.float32}  # sharded weights and the export stay fp32
