@@ -86,7 +86,7 @@ def experiment_prior_config(cfg: ExperimentConfig, layout: SequenceLayout) -> Pr
     places = max((layout.streams[r].block_size for r in chosen), default=0)
     ids = tuple(layout.ids[r] for r in chosen) if isinstance(p.block_positions, list) else ()
     return prior_config(p.preset, layout.dims, width=p.width, depth=p.depth, heads=p.heads, mlp_ratio=p.mlp_ratio, attention=p.attention,
-                        block_positions=places, block_position_codecs=ids)
+                        block_positions=places, block_position_codecs=ids, step_conditioning=p.step_conditioning)
 
 
 def build_prior(cfg: ExperimentConfig, layout: SequenceLayout, reg: Registries | None = None) -> PriorBackbone:

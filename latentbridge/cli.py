@@ -258,7 +258,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from latentbridge.pipeline import sample_run
 
     written = sample_run(args.run_dir, tasks=args.task, prompts=args.prompt, n=args.samples or 16, guidance_scales=args.guidance,
-                         out=args.out, progress=not args.no_progress)
+                         out=args.out, progress=not args.no_progress, steps=args.steps, solver=args.solver)
     folders = sorted({str(p.parent) for p in written})
     for folder in folders:
         print(f"wrote {sum(str(p.parent) == folder for p in written)} file(s) to {folder}")
@@ -270,7 +270,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from latentbridge.evaluate.run import evaluate_run
 
     report = evaluate_run(args.run_dir, samples=args.samples, guidance_scales=args.guidance, evaluators=args.evaluator,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, steps=args.steps, solver=args.solver)
     print(format_report(report))
     print(f"wrote {Path(args.run_dir) / 'report.md'}, report.json and samples/")
     return 0
@@ -279,6 +279,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------------
 # parser and entry point
 # --------------------------------------------------------------------------------------------------
+
+
+def _sampling_arguments(p: argparse.ArgumentParser) -> None:
+    from latentbridge.flow import SOLVERS
+
+    p.add_argument("--steps", type=_positive, help="ODE steps per block (default: the config's sampling.steps)")
+    p.add_argument("--solver", choices=list(SOLVERS), help="ODE solver (default: the config's sampling.solver); shortcut "
+                                                            "for a prior trained with train.objective=shortcut")
 
 
 def _run_arguments(p: argparse.ArgumentParser) -> None:
@@ -396,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "for a task without conditions (repeatable)")
     p.add_argument("--task", action="append", help="sample this task (repeatable; default: all of the run's tasks)")
     p.add_argument("--out", help="output directory (default: the run's samples/)")
+    _sampling_arguments(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_sample)
 
@@ -408,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=_positive, help="examples per evaluated set (default: the config's eval.samples)")
     p.add_argument("--evaluator", action="append", help="run only this evaluator (repeatable; default: the config's "
                                                          "eval.evaluators, or all that apply)")
+    _sampling_arguments(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_eval)
 

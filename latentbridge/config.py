@@ -81,6 +81,9 @@ class PriorSection:
     """Also give each token a learned embedding of its place within its block (for an image of one block: which
     patch), beside RoPE's position in the sequence: true for every codec's tokens, a list of codec roles (e.g.
     [image]) for theirs only; false: RoPE alone."""
+    step_conditioning: bool = False
+    """Condition the network on a second time, the span of the step its velocity is for (0: the instantaneous
+    velocity), so it can jump: needed by train.objective=shortcut and sampling.solver=shortcut."""
 
 
 @dataclasses.dataclass
@@ -106,8 +109,9 @@ class SamplingConfig:
 
     steps: PositiveInt = 16
     """ODE steps per block (Cola DLM: 8-10 already saturate)."""
-    solver: Literal["euler", "heun", "midpoint"] = "euler"
-    """Fixed-grid ODE solver."""
+    solver: Literal["euler", "heun", "midpoint", "shortcut"] = "euler"
+    """Fixed-grid ODE solver. `shortcut`: each step is one jump with the velocity averaged over the step, for a prior
+    trained with train.objective=shortcut (then 1, 2 or 4 steps per block do what 16 Euler steps did)."""
     shift: PositiveFloat = 1.0
     """Time shift of the grid (> 1 spends more steps near noise)."""
     guidance: Annotated[list[float], Check(min_len=1)] = dataclasses.field(default_factory=lambda: [1.0])
@@ -171,6 +175,14 @@ class TrainConfig:
     same losses as one process; a run may resume with another process count."""
     compile: bool = False
     """Compile the prior's training step with torch.compile (inductor). Costs a minute of compiling at the start."""
+    objective: Literal["flow", "shortcut"] = "flow"
+    """flow: flow matching (the instantaneous velocity). shortcut: flow matching plus self-consistency of jumps (a
+    shortcut model: the velocity averaged over a span d, trained so one jump of 2d equals two jumps of d), which
+    lets a block be generated in 1-4 steps (sampling.solver=shortcut). Needs prior.step_conditioning."""
+    shortcut_fraction: Probability = 0.25
+    """Objective shortcut: share of target blocks that train self-consistency of jumps instead of flow matching."""
+    shortcut_finest: Annotated[int, Check(ge=2)] = 64
+    """Objective shortcut: the finest step trained is 1/shortcut_finest (a power of two); jumps of 2/finest .. 1."""
     log_every: PositiveInt = 50
     """Steps between metrics.jsonl lines."""
     checkpoint_every: Count = 500

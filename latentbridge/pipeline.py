@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from latentbridge.codecs import Codec, Latents
 from latentbridge.config import ExperimentConfig
 from latentbridge.errors import ConfigError
-from latentbridge.flow import guided_velocity, integrate
+from latentbridge.flow import SOLVERS, guided_velocity, integrate
 from latentbridge.plugins import Registries
 from latentbridge.prior import PriorBackbone, TokenMeta
 from latentbridge.runs import load_run
@@ -55,12 +55,16 @@ class _Context:
             px, pt, pc, pm = self.tokens
             self.tokens = (torch.cat([px, x], 1), torch.cat([pt, t], 1), torch.cat([pc, codec], 1), TokenMeta.cat([pm, meta]))
 
-    def velocity(self, x: Tensor, t: Tensor, codec: Tensor, meta: TokenMeta) -> Tensor:
+    def velocity(self, x: Tensor, t: Tensor, codec: Tensor, meta: TokenMeta, step: Tensor | None = None) -> Tensor:
+        jump = {} if step is None else {"step": step}  # only shortcut priors take a step span
         if self.cache is not None or self.tokens is None:
-            return self.prior(x, t, codec, meta, cache=self.cache)
+            return self.prior(x, t, codec, meta, cache=self.cache, **jump)
         px, pt, pc, pm = self.tokens
         k = x.shape[1]
-        out = self.prior(torch.cat([px, x], 1), torch.cat([pt, t], 1), torch.cat([pc, codec], 1), TokenMeta.cat([pm, meta]))
+        if step is not None:  # the committed context is clean: span 0
+            jump = {"step": torch.cat([torch.zeros_like(pt), step], 1)}
+        out = self.prior(torch.cat([px, x], 1), torch.cat([pt, t], 1), torch.cat([pc, codec], 1), TokenMeta.cat([pm, meta]),
+                         **jump)
         return out[:, -k:]
 
 
@@ -193,6 +197,9 @@ def generate_latents(
     (see _guidance_variants).
     """
     scales = [float(guidance)] if isinstance(guidance, (int, float)) else [float(s) for s in guidance]
+    if solver == "shortcut" and not getattr(prior, "takes_step", False):
+        raise ConfigError("sampling.solver=shortcut jumps with a velocity averaged over each step: it needs a prior trained "
+                          "with train.objective=shortcut (prior.step_conditioning). Use euler, heun or midpoint for this prior.")
     stream = layout.stream(target)
     cid, bs, dim = layout.ids[target], stream.block_size, stream.dim
     param = next(prior.parameters())
@@ -246,10 +253,11 @@ def generate_latents(
         codec = torch.full((r_count, k), cid, dtype=torch.long, device=device)
         pm = pin_mask[..., None]
 
-        def velocity(x: Tensor, t: Tensor) -> Tensor:  # x [S, K, D] -> v [S, K, D]
+        def velocity(x: Tensor, t: Tensor, span: Tensor | None = None) -> Tensor:  # x [S, K, D] -> v [S, K, D]
             xs = torch.nn.functional.pad(torch.where(pm, pin_values, x)[rs], (0, pad))  # [R, K, Dmax]
             tt = torch.where(pin_mask[rs], 0.0, t.to(dtype).expand(r_count, k))  # pinned tokens sit at t = 0
-            v = ctx.velocity(xs, tt, codec, meta)[..., :dim]
+            step = None if span is None else torch.where(pin_mask[rs], 0.0, span.to(dtype).expand(r_count, k))
+            v = ctx.velocity(xs, tt, codec, meta, step)[..., :dim]
             v_full = v[:s_count]
             v_without = [v[g] if g else v_full for g in groups]
             return torch.where(pm, 0.0, guided_velocity(v_full, v_without, scales, t, guidance_interval))
@@ -314,6 +322,17 @@ class Pipeline:
         self.cfg, self.codecs, self.prior, self.layout = cfg, codecs, prior, layout
         self.registries = registries
         self._compiled: nn.Module | None = None
+
+    def set_sampling(self, steps: int | None = None, solver: str | None = None) -> Pipeline:
+        """Generate with another number of steps per block or another solver than the run's config (None: keep)."""
+        s = self.cfg.sampling
+        if solver is not None:
+            if solver not in SOLVERS:
+                raise ConfigError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}.")
+            s.solver = solver
+        if steps is not None:
+            s.steps = steps
+        return self
 
     def generation_prior(self) -> PriorBackbone:
         """The prior generation calls: the prior itself, or (sampling.compile) a torch.compile of it, made once and kept
@@ -441,7 +460,8 @@ def _accepts(codec: Codec, items: Sequence[Any]) -> bool:
 
 def sample_run(run_dir: str | Path, *, tasks: Sequence[str] | None = None, prompts: Sequence[Any] | None = None, n: int = 16,
                guidance_scales: Sequence[float] | None = None, out: str | Path | None = None,
-               registries: Registries | None = None, progress: bool = False) -> list[Path]:
+               registries: Registries | None = None, progress: bool = False, steps: int | None = None,
+               solver: str | None = None) -> list[Path]:
     """`latentbridge sample`: generate each task of a run (or `tasks`) and write the items, never scoring them.
 
     From `prompts` (items of a task's one condition role, or text to continue for a task without conditions), else
@@ -449,7 +469,7 @@ def sample_run(run_dir: str | Path, *, tasks: Sequence[str] | None = None, promp
     <out>/<task>/g<scale>/ through the target codec's write_items (out defaults to the run's samples/)."""
     from latentbridge.tasks import TaskMixture
 
-    pipe = Pipeline.from_pretrained(run_dir, registries)
+    pipe = Pipeline.from_pretrained(run_dir, registries).set_sampling(steps, solver)
     everything = pipe.tasks
     known = {t.name: t for t in everything}
     unknown = [t for t in tasks or [] if t not in known]

@@ -43,10 +43,12 @@ def evaluator_options(cfg: ExperimentConfig, reg: Registries, names: Sequence[st
 
 def evaluate_run(run_dir: str | Path, *, samples: int | None = None, guidance_scales: Sequence[float] | None = None,
                  evaluators: Sequence[str] | None = None, progress: bool = True, log: Callable[[str], Any] = print,
-                 registries: Registries | None = None) -> dict[str, Any]:
-    """Score every task of a trained run; write report.json, report.md and samples/. Returns the report."""
+                 registries: Registries | None = None, steps: int | None = None, solver: str | None = None) -> dict[str, Any]:
+    """Score every task of a trained run; write report.json, report.md and samples/. Returns the report.
+
+    `steps` / `solver`: generate with these instead of the config's sampling.steps / sampling.solver."""
     run_dir = Path(run_dir)
-    pipe = Pipeline.from_pretrained(run_dir, registries)
+    pipe = Pipeline.from_pretrained(run_dir, registries).set_sampling(steps, solver)
     cfg, reg = pipe.cfg, pipe.registries
     tasks = pipe.tasks
     mix = TaskMixture(tasks, cfg.seed, reg)
@@ -59,7 +61,8 @@ def evaluate_run(run_dir: str | Path, *, samples: int | None = None, guidance_sc
     # a full evaluation replaces the task figures; one of some evaluators (--evaluator) replaces only theirs
     keep = bool(evaluators)
     report = update_report(run_dir, lambda r: r.update({"tasks": r.get("tasks", {}) if keep else {}, "guidance_scales": scales,
-                                                        "samples_per_set": n}))
+                                                        "samples_per_set": n, "sampling": {"solver": cfg.sampling.solver,
+                                                                                           "steps": cfg.sampling.steps}}))
     for task in tasks:
         cond = tuple(pipe.codecs[r].modality for r in task.cond)
         target = pipe.codecs[task.target].modality

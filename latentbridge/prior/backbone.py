@@ -6,6 +6,7 @@ streams only as integer ids with a latent width; it knows neither codecs nor flo
 
     forward(x [B, L, Dmax], t [B, L], codec [B, L], meta, cache=None, commit=False) -> v [B, L, Dmax]
     new_cache() -> a cache object that forward(cache=...) fills; committed tokens (t = 0) stay in it
+    takes_step -> True if forward also takes step [B, L] (the span of a jump, for shortcut models; default False)
 
 The attention rule is the two-copy block-causal one of latentbridge.prior.masks (`block_causal_mask` gives it
 for any query/key metadata). Backbones register through the `latentbridge_register_priors` hook and are picked by
@@ -49,6 +50,11 @@ class PriorBackbone(nn.Module):
     @property
     def ships_weights(self) -> bool:
         """True when create() loaded weights trained elsewhere (a released model): a run of it samples before training."""
+        return False
+
+    @property
+    def takes_step(self) -> bool:
+        """True when forward accepts `step` (the span a jump's averaged velocity is for: shortcut training/solver)."""
         return False
 
     def new_cache(self) -> Any:

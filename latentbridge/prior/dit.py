@@ -48,6 +48,8 @@ class PriorConfig:
     beside RoPE's sequence position; 0: none (RoPE alone)."""
     block_position_codecs: tuple[int, ...] = ()
     """Codec ids whose tokens get the table; empty: every codec's."""
+    step_conditioning: bool = False
+    """Embed a second time per token, the span of the step the velocity is for (shortcut models; 0: instantaneous)."""
 
 
 PRESETS: dict[str, dict[str, int]] = {
@@ -92,6 +94,7 @@ class BlockCausalDiT(PriorBackbone):
             gate[list(chosen)] = 1.0
             self.register_buffer("block_pos_gate", gate, persistent=False)  # [num codecs]: 1 where the table applies
         self.t_embed = TimestepEmbedder(w)
+        self.step_embed = TimestepEmbedder(w) if config.step_conditioning else None
         self.rope = RotaryEmbedding(w // config.heads, config.rope_fraction, config.rope_base)
         self.blocks = nn.ModuleList(DiTBlock(w, config.heads, config.mlp_ratio) for _ in range(config.depth))
         self.final = FinalLayer(w)
@@ -111,6 +114,9 @@ class BlockCausalDiT(PriorBackbone):
         for block in self.blocks:  # adaLN-Zero (re-zero after the xavier pass above)
             nn.init.zeros_(block.ada[1].weight)
             nn.init.zeros_(block.ada[1].bias)
+        if self.step_embed is not None:  # zero: a prior trained without it starts out unchanged
+            nn.init.zeros_(self.step_embed.mlp[2].weight)
+            nn.init.zeros_(self.step_embed.mlp[2].bias)
         nn.init.zeros_(self.final.ada[1].weight)
         nn.init.zeros_(self.final.ada[1].bias)
         for proj in self.out_proj:  # zero output: training starts from v = 0
@@ -119,6 +125,10 @@ class BlockCausalDiT(PriorBackbone):
 
     def new_cache(self) -> KVCache:
         return KVCache(len(self.blocks))
+
+    @property
+    def takes_step(self) -> bool:
+        return self.step_embed is not None
 
     # ---- codec streams in and out ------------------------------------------------------------------
 
@@ -156,11 +166,13 @@ class BlockCausalDiT(PriorBackbone):
         meta: TokenMeta,
         cache: KVCache | None = None,
         commit: bool = False,
+        step: Tensor | None = None,
     ) -> Tensor:
         """Velocities [B, L, Dmax] of tokens x [B, L, Dmax] at times t [B, L].
 
         With a cache, the tokens also attend to the cached ones; `commit` appends these tokens (which
-        must be clean) to the cache.
+        must be clean) to the cache. `step` [B, L]: the span each token's velocity averages over (a prior with
+        step_conditioning; None: 0, the instantaneous velocity).
         """
         keys = meta if cache is None else cache.keys_meta(meta)
         mask = self.attention_mask(meta, keys)
@@ -169,6 +181,10 @@ class BlockCausalDiT(PriorBackbone):
             places = self.block_pos(index_in_block(meta).clamp_max(self.config.block_positions - 1))
             h = h + places * self.block_pos_gate.to(places.dtype)[codec][..., None]
         c = self.t_embed(t)  # [B, L, W]
+        if self.step_embed is not None:
+            c = c + self.step_embed(torch.zeros_like(t) if step is None else step)
+        elif step is not None and bool((step != 0).any()):
+            raise ValueError("this prior was built without step_conditioning: it cannot take a step span (prior.step_conditioning)")
         cos_sin = self.rope.angles(meta.position)
         for i, block in enumerate(self.blocks):
             h = block(h, c, self.rope, cos_sin, mask, cache, i)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from typing import Callable, Mapping, Sequence
 
 import torch
@@ -32,6 +33,8 @@ class BatchNoise:
     """[T] flow time of every target token, constant within each block."""
     offsets: list[int]
     """Example i owns tokens offsets[i]:offsets[i + 1]."""
+    d: Tensor | None = None
+    """[T] objective shortcut: per token, half the jump its block trains self-consistency for (0: flow matching)."""
 
     @classmethod
     def cat(cls, parts: Sequence[BatchNoise]) -> BatchNoise:
@@ -41,19 +44,55 @@ class BatchNoise:
             offsets += [base + o for o in p.offsets[1:]]
             base += p.offsets[-1]
         dmax = max((p.eps.shape[1] for p in parts), default=0)
+        d = torch.cat([p.d for p in parts]) if parts and all(p.d is not None for p in parts) else None
         return cls(torch.cat([p.eps for p in parts]) if parts else torch.zeros(0, dmax),
-                   torch.cat([p.t for p in parts]) if parts else torch.zeros(0), offsets)
+                   torch.cat([p.t for p in parts]) if parts else torch.zeros(0), offsets, d)
 
     def __getitem__(self, sl: slice) -> BatchNoise:
         """The noise of a contiguous run of examples (e.g. one process's share of the global batch)."""
         start, stop, _ = sl.indices(len(self.offsets) - 1)
         a, b = self.offsets[start], self.offsets[stop]
-        return BatchNoise(self.eps[a:b], self.t[a:b], [o - a for o in self.offsets[start : stop + 1]])
+        return BatchNoise(self.eps[a:b], self.t[a:b], [o - a for o in self.offsets[start : stop + 1]],
+                          None if self.d is None else self.d[a:b])
 
 
 def draw_noise(examples: Sequence[Example], layout: SequenceLayout, samplers: Mapping[str, TimeSampler],
-               generator: torch.Generator | None = None) -> BatchNoise:
-    """One t per target block from its codec's sampler and Gaussian eps per target token, drawn per codec in one go."""
+               generator: torch.Generator | None = None, shortcut: tuple[float, int] | None = None) -> BatchNoise:
+    """One t per target block from its codec's sampler and Gaussian eps per target token, drawn per codec in one go.
+
+    `shortcut` (fraction, finest): afterwards, a share `fraction` of the target blocks is chosen for self-consistency
+    of jumps; such a block gets a jump 2d = 2^-j (j uniform in 0 .. log2(finest) - 1) and a time t = k 2d on that
+    grid (k uniform in 1 .. 1/(2d)), replacing the sampler's t; the others keep d = 0 (flow matching). Drawn after
+    the rest, so the flow objective's draws are unchanged."""
+    noise = _draw_noise(examples, layout, samplers, generator)
+    if shortcut is not None:
+        noise.d = _draw_jumps(noise, examples, layout, generator, *shortcut)
+    return noise
+
+
+def _draw_jumps(noise: BatchNoise, examples: Sequence[Example], layout: SequenceLayout, generator: torch.Generator | None,
+                fraction: float, finest: int) -> Tensor:
+    levels = max(1, int(math.log2(finest)))
+    block_of: list[int] = []  # each target token's block, numbered over the batch
+    blocks = 0
+    for ex in examples:
+        for seg in ex:
+            if seg.role == "target":
+                bs = layout.streams[seg.codec].block_size
+                n = seg.latents.shape[0]
+                block_of += [blocks + j // bs for j in range(n)]
+                blocks += -(-n // bs)
+    chosen = torch.rand(blocks, generator=generator) < fraction
+    jump = 2.0 ** -torch.randint(0, levels, (blocks,), generator=generator).float()  # 2d in {1, 1/2, .., 2/finest}
+    k = (torch.rand(blocks, generator=generator) * (1.0 / jump)).floor() + 1  # 1 .. 1/(2d)
+    idx = torch.tensor(block_of, dtype=torch.long)
+    d = torch.where(chosen, jump / 2, 0.0)[idx]
+    noise.t = torch.where(chosen[idx], (k * jump)[idx], noise.t)
+    return d
+
+
+def _draw_noise(examples: Sequence[Example], layout: SequenceLayout, samplers: Mapping[str, TimeSampler],
+                generator: torch.Generator | None = None) -> BatchNoise:
     if len(examples) == 1:
         targets = [seg for seg in examples[0] if seg.role == "target"]
         if len(targets) == 1:  # one example with one target segment (the trainer's per-example draw): the same draws, fast
@@ -109,6 +148,9 @@ def prior_loss(
 ) -> dict[str, Tensor]:
     """Flow-matching loss on the noisy copies: {"loss": total, "loss/<codec>": per codec stream}.
 
+    With `noise.d` (draw_noise(shortcut=...)) it is the shortcut objective: blocks with d > 0 regress, at jump 2d,
+    the mean of the network's own two jumps of d (computed without gradient), the others flow-match at jump 0.
+
     Pass `noise` (from draw_noise, after condition dropout) to fix the step's randomness; otherwise
     dropout and noise are drawn here from `generator`. With `clean_grad` False the clean history is
     stop-gradient (Cola DLM's joint stage): gradients reach the latents only through the noisy copy.
@@ -138,7 +180,19 @@ def prior_loss(
     clean = z0 if clean_grad else z0.detach()
     x = torch.where(noisy[..., None], interpolate(z0, eps, t), clean)
     target = velocity_target(z0, eps)
-    pred = prior(x, t, packed.codec, packed.meta)
+    if noise.d is None:
+        pred = prior(x, t, packed.codec, packed.meta)
+    else:  # shortcut: self-consistency blocks regress the mean of two jumps of d (no gradient) with one jump of 2d
+        d = torch.zeros_like(t)
+        d[rows, cols] = noise.d.to(t)
+        jumping = (d > 0)[..., None]  # [B, L, 1]
+        if bool(jumping.any()):
+            with torch.no_grad():
+                first = prior(x.detach(), t, packed.codec, packed.meta, step=d)
+                moved = torch.where(jumping, x.detach() - d[..., None] * first, x.detach())
+                second = prior(moved, torch.where(jumping[..., 0], t - d, t), packed.codec, packed.meta, step=d)
+                target = torch.where(jumping, 0.5 * (first + second).to(target.dtype), target)
+        pred = prior(x, t, packed.codec, packed.meta, step=2 * d)
     mask = packed.loss_mask
     masks = {"loss": mask}
     if len(layout.names) > 1:

@@ -95,6 +95,13 @@ class StageLoss(nn.Module):
             for r, s in cfg.codecs.items()
         }
         self.codecs = codecs
+        t = cfg.train
+        self.shortcut = (t.shortcut_fraction, t.shortcut_finest) if t.objective == "shortcut" and stage != "codec" else None
+        if self.shortcut is not None and not (prior is not None and prior.takes_step):
+            raise ConfigError("train.objective=shortcut trains jumps, so the prior must take a step span: set "
+                              "prior.step_conditioning: true (the built-in `dit`; a plugin backbone needs takes_step).")
+        if t.objective == "shortcut" and t.shortcut_finest & (t.shortcut_finest - 1):
+            raise ConfigError(f"train.shortcut_finest must be a power of two (the jumps halve down to it), got {t.shortcut_finest}.")
         self.tasks = list(tasks) if stage != "codec" else []
         if stage != "codec" and not self.tasks:
             raise ConfigError("the prior and joint stages need the experiment's tasks (latentbridge.tasks.tasks_of).")
@@ -138,7 +145,7 @@ class StageLoss(nn.Module):
             for ex, g in zip(part.task.examples(latents), gens):
                 ex = drop_conditions([ex], cfg.train.cond_dropout, g, each=cfg.train.cond_dropout_mode == "each")[0]
                 examples.append(ex)
-                noises.append(draw_noise([ex], self.layout, self.samplers, g))
+                noises.append(draw_noise([ex], self.layout, self.samplers, g, shortcut=self.shortcut))
         out = prior_loss(self.trainable["prior"], self.layout, examples, noise=BatchNoise.cat(noises),
                          row_length=cfg.train.row_length, mean_count=_mean_over_processes if _world() > 1 else None)
         if self.stage == "joint":
@@ -402,7 +409,12 @@ class Trainer:
         if (path / "checkpoints").is_dir():
             path = latest_checkpoint(path / "checkpoints") or path
         ckpt = load_checkpoint(path, training_state=False)
-        self._load_weights(ckpt["model"], path)
+        weights = dict(ckpt["model"])
+        mine = parallel.full_model_state(self.module.trainable)  # collective under FSDP
+        # a prior that can jump started from one that cannot: its step embedding starts at zero, as built (the
+        # shortcut objective fine-tuning a flow-matching prior computes the same velocities at its first step)
+        weights.update({k: v for k, v in mine.items() if ".step_embed." in k and k not in weights})
+        self._load_weights(weights, path)
 
     # ---- the loop -----------------------------------------------------------------------------------------
 
