@@ -1,16 +1,20 @@
-"""Quality against steps per block: a flow-matching prior (Euler) vs a shortcut prior (one jump per step), same budget.
+"""Quality against steps per block: a flow prior (Euler), a shortcut prior and a distilled student (one jump per step).
 
-    python benchmarks/few_step.py [--steps 2000] [--work runs/few-step]
+    python benchmarks/few_step.py [--steps 2000] [--distill-steps 500] [--work runs/few-step]
 
 Both priors train on the toy ring (configs/toy_label_to_vector.yaml: label -> 2-D point) for the same number of
 optimizer steps from the same codecs, data and seed; the shortcut one also regresses jumps
-(train.objective=shortcut). Each is evaluated by the ring evaluator (class agreement of the samples with their
+(train.objective=shortcut). A third, the student, is distilled from the flow prior for --distill-steps more
+steps (train.objective=distill, 8 teacher Euler steps per jump), so teacher + student cost about what the shortcut
+prior costs in wall time. Each is evaluated by the ring evaluator (class agreement of the samples with their
 label, MMD^2 to the data; 2,000 samples) at guidance 1 and 2: the flow prior with Euler at 1, 2, 4, 8 and 16 steps
-per block, the shortcut prior with its jumps at 1, 2 and 4 (and Euler at 16, its flow-matching part alone).
+per block, the shortcut prior and the student with their jumps at 1, 2 and 4 (and the shortcut prior with Euler at 16,
+its flow-matching part alone).
 Wall time of training is reported too (the shortcut objective runs two extra forward passes without gradient).
 
 Prints a table, writes <work>/few_step.png, then one JSON line: for each prior and steps, mmd2 and class agreement
-at guidance 1 (mmd2_flow_euler_2, class_agreement_shortcut_2, ...), train_s_flow, train_s_shortcut.
+at guidance 1 (mmd2_flow_euler_2, class_agreement_shortcut_shortcut_2, ...), train_s_flow, train_s_shortcut,
+train_s_distill (the student's steps alone).
 """
 
 from __future__ import annotations
@@ -30,23 +34,27 @@ from latentbridge.train.experiment import train  # noqa: E402
 
 ROOT = Path(__file__).parents[1]
 PLAN = {"flow": [("euler", k) for k in (1, 2, 4, 8, 16)],
-        "shortcut": [("shortcut", k) for k in (1, 2, 4)] + [("euler", 16)]}
+        "shortcut": [("shortcut", k) for k in (1, 2, 4)] + [("euler", 16)],
+        "distill": [("shortcut", k) for k in (1, 2, 4)]}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=2000, help="optimizer steps of each prior")
     ap.add_argument("--samples", type=int, default=2000, help="samples per evaluated set")
+    ap.add_argument("--distill-steps", type=int, default=500, help="optimizer steps of the distilled student")
     ap.add_argument("--work", default="runs/few-step", help="where the two runs go (kept: a rerun only evaluates)")
     args = ap.parse_args()
     reg = registries()
     work = Path(args.work)
-    extra = {"flow": [], "shortcut": ["--prior.step_conditioning=true", "--train.objective=shortcut"]}
+    extra = {"flow": [], "shortcut": ["--prior.step_conditioning=true", "--train.objective=shortcut"],
+             "distill": ["--prior.step_conditioning=true", "--train.objective=distill", f"--train.teacher={work / 'flow'}",
+                         "--train.warmup_steps=20", "--train.lr=1e-3"]}
     rows, figures = [], {}
     for prior, plan in PLAN.items():
         run_dir = work / prior
         cfg = load_config(ROOT / "configs" / "toy_label_to_vector.yaml",
-                          [f"--train.steps={args.steps}", f"--eval.samples={args.samples}", "--eval.guidance_scales=[1.0, 2.0]",
+                          [f"--train.steps={args.distill_steps if prior == 'distill' else args.steps}", f"--eval.samples={args.samples}", "--eval.guidance_scales=[1.0, 2.0]",
                            *extra[prior]])
         timing = run_dir / "train_s.json"
         if not timing.exists():
@@ -69,7 +77,8 @@ def main() -> None:
     print(f"{'prior':>9} {'solver':>9} {'steps':>6} {'agree g=1':>10} {'mmd2 g=1':>9} {'agree g=2':>10} {'mmd2 g=2':>9}")
     for prior, solver, k, a1, m1, a2, m2, _ in rows:
         print(f"{prior:>9} {solver:>9} {k:>6} {a1:>10.3f} {m1:>9.4f} {a2:>10.3f} {m2:>9.4f}")
-    print(f"training wall time: flow {figures['train_s_flow']:.0f} s, shortcut {figures['train_s_shortcut']:.0f} s")
+    print(f"training wall time: flow {figures['train_s_flow']:.0f} s, shortcut {figures['train_s_shortcut']:.0f} s, "
+          f"student {figures['train_s_distill']:.0f} s after its teacher (the flow prior)")
     plot(rows, work / "few_step.png")
     print(json.dumps(figures))
 
@@ -82,7 +91,8 @@ def plot(rows: list[tuple], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     for label, pick in (("flow prior, Euler", lambda r: r[0] == "flow"),
-                        ("shortcut prior, jumps", lambda r: r[0] == "shortcut" and r[1] == "shortcut")):
+                        ("shortcut prior, jumps", lambda r: r[0] == "shortcut" and r[1] == "shortcut"),
+                        ("distilled student, jumps", lambda r: r[0] == "distill")):
         chosen = [r for r in rows if pick(r)]
         ks = [r[2] for r in chosen]
         axes[0].plot(ks, [r[4] for r in chosen], "o-", label=label)

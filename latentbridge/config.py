@@ -175,14 +175,21 @@ class TrainConfig:
     same losses as one process; a run may resume with another process count."""
     compile: bool = False
     """Compile the prior's training step with torch.compile (inductor). Costs a minute of compiling at the start."""
-    objective: Literal["flow", "shortcut"] = "flow"
+    objective: Literal["flow", "shortcut", "distill"] = "flow"
     """flow: flow matching (the instantaneous velocity). shortcut: flow matching plus self-consistency of jumps (a
     shortcut model: the velocity averaged over a span d, trained so one jump of 2d equals two jumps of d), which
-    lets a block be generated in 1-4 steps (sampling.solver=shortcut). Needs prior.step_conditioning."""
+    lets a block be generated in 1-4 steps (sampling.solver=shortcut). Needs prior.step_conditioning. distill: the
+    same jumps, learnt from a trained flow prior (train.teacher) instead: every target block regresses, at a jump
+    2d, what the frozen teacher's Euler steps reach over that span; the student starts from the teacher's weights
+    and works in its codecs' latents."""
     shortcut_fraction: Probability = 0.25
     """Objective shortcut: share of target blocks that train self-consistency of jumps instead of flow matching."""
     shortcut_finest: Annotated[int, Check(ge=2)] = 64
     """Objective shortcut: the finest step trained is 1/shortcut_finest (a power of two); jumps of 2/finest .. 1."""
+    teacher: str | None = None
+    """Objective distill: the run directory of the trained flow prior to distil (its EMA prior and its codecs)."""
+    teacher_substeps: PositiveInt = 8
+    """Objective distill: Euler steps of the teacher over each jump the student learns."""
     log_every: PositiveInt = 50
     """Steps between metrics.jsonl lines."""
     checkpoint_every: Count = 500

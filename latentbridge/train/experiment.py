@@ -90,6 +90,9 @@ def _train(cfg: ExperimentConfig, run_dir: Path, reg: Registries, *, resume: boo
         for role, modality in modalities.items():
             source.field(modality, role)
     codecs = build_codecs(cfg, reg)
+    teacher = None
+    if cfg.train.objective == "distill" and cfg.train.stage != "codec":
+        teacher, codecs = _teacher(cfg, reg, codecs)
 
     def codec_feed(role: str) -> Feed:
         return Feed(mix, codecs, cfg.seed, role=role)
@@ -119,6 +122,10 @@ def _train(cfg: ExperimentConfig, run_dir: Path, reg: Registries, *, resume: boo
                 shutil.rmtree(pre_stage_dir(run_dir, role), ignore_errors=True)  # left by a kill right after it finished
             continue
         if role == own and stage == "codec":
+            continue
+        if teacher is not None:  # distillation: the teacher's trained codecs, kept as they are (stats included)
+            if int(os.environ.get("RANK", "0")) == 0:
+                codec.save_pretrained(saved)
             continue
         slot = cfg.codecs[role]
         # a codec wrapping trained weights is used frozen unless its role asks for a pre-stage (codecs.<role>.steps)
@@ -159,8 +166,8 @@ def _train(cfg: ExperimentConfig, run_dir: Path, reg: Registries, *, resume: boo
             mix.sources[repr(tasks[0].data)] = CachedStream(source, caches)
 
     main_batches = codec_feed(own) if stage == "codec" else Feed(mix, codecs, cfg.seed, caches=caches)
-    trainer = Trainer(cfg, run_dir, codecs, main_batches, resume=resume, init_from=init_from, progress=progress, tasks=tasks,
-                      registries=reg)
+    trainer = Trainer(cfg, run_dir, codecs, main_batches, resume=resume, init_from=init_from,
+                      progress=progress, tasks=tasks, registries=reg, teacher=teacher)
     try:
         trainer.fit()
     finally:
@@ -173,6 +180,24 @@ def _train(cfg: ExperimentConfig, run_dir: Path, reg: Registries, *, resume: boo
     if stage == "codec":
         return codecs, None, None
     return codecs, trainer.export_prior(weights), trainer.layout  # same backbone, then the EMA weights
+
+
+def _teacher(cfg: ExperimentConfig, reg: Registries, codecs: dict) -> tuple[Any, dict]:
+    """Objective distill: the teacher run's EMA prior (frozen) and its trained codecs, which the student uses (it
+    learns jumps in the teacher's latent space; its weights start from the teacher's, see Trainer._init_from)."""
+    from latentbridge.runs import load_run
+
+    if not cfg.train.teacher:
+        raise ConfigError("train.objective=distill learns from a trained flow prior: set train.teacher to its run directory.")
+    run = load_run(cfg.train.teacher, reg)
+    mine = {r: s.codec for r, s in cfg.codecs.items()}
+    theirs = {r: s.codec for r, s in run.cfg.codecs.items()}
+    if mine != theirs:
+        raise ConfigError(f"train.teacher {cfg.train.teacher}: its codecs {theirs} are not this experiment's {mine}; the student "
+                          "learns in the teacher's latents, so use the teacher's codecs and roles.")
+    if run.prior.takes_step:
+        raise ConfigError(f"train.teacher {cfg.train.teacher} is itself a jump (shortcut/distilled) prior; distil a flow prior.")
+    return run.prior, dict(run.codecs)
 
 
 def _fixed_items(source: Any) -> bool:

@@ -145,11 +145,15 @@ def prior_loss(
     clean_grad: bool = False,
     unread_clean: bool = False,
     mean_count: Callable[[Tensor], Tensor] | None = None,
+    teacher: PriorBackbone | None = None,
+    teacher_substeps: int = 8,
 ) -> dict[str, Tensor]:
     """Flow-matching loss on the noisy copies: {"loss": total, "loss/<codec>": per codec stream}.
 
     With `noise.d` (draw_noise(shortcut=...)) it is the shortcut objective: blocks with d > 0 regress, at jump 2d,
     the mean of the network's own two jumps of d (computed without gradient), the others flow-match at jump 0.
+    With a `teacher` (a frozen flow prior) blocks with d > 0 regress instead the mean velocity of the teacher's
+    `teacher_substeps` Euler steps over [t - 2d, t] (distillation).
 
     Pass `noise` (from draw_noise, after condition dropout) to fix the step's randomness; otherwise
     dropout and noise are drawn here from `generator`. With `clean_grad` False the clean history is
@@ -186,7 +190,15 @@ def prior_loss(
         d = torch.zeros_like(t)
         d[rows, cols] = noise.d.to(t)
         jumping = (d > 0)[..., None]  # [B, L, 1]
-        if bool(jumping.any()):
+        if teacher is not None and bool(jumping.any()):
+            with torch.no_grad():  # the teacher's ODE over each jump: Euler steps of 2d / n
+                h = (2 * d / teacher_substeps)[..., None]
+                y, tau = x.detach(), t
+                for _ in range(teacher_substeps):
+                    y = torch.where(jumping, y - h * teacher(y, tau, packed.codec, packed.meta), y)
+                    tau = torch.where(jumping[..., 0], tau - h[..., 0], tau)
+                target = torch.where(jumping, ((x.detach() - y) / (2 * d[..., None]).clamp_min(1e-12)).to(target.dtype), target)
+        elif bool(jumping.any()):
             with torch.no_grad():
                 first = prior(x.detach(), t, packed.codec, packed.meta, step=d)
                 moved = torch.where(jumping, x.detach() - d[..., None] * first, x.detach())

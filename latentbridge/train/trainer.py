@@ -80,7 +80,7 @@ class StageLoss(nn.Module):
     """The loss of one stage as one module: trainable parts registered, frozen codecs held aside."""
 
     def __init__(self, stage: str, cfg: ExperimentConfig, codecs: dict[str, Codec], prior: PriorBackbone | None,
-                 layout: SequenceLayout | None, role: str | None, tasks: list) -> None:
+                 layout: SequenceLayout | None, role: str | None, tasks: list, teacher: PriorBackbone | None = None) -> None:
         super().__init__()
         self.stage, self.cfg, self.role, self.layout = stage, cfg, role, layout
         self.trainable = nn.ModuleDict()
@@ -96,11 +96,17 @@ class StageLoss(nn.Module):
         }
         self.codecs = codecs
         t = cfg.train
-        self.shortcut = (t.shortcut_fraction, t.shortcut_finest) if t.objective == "shortcut" and stage != "codec" else None
+        jumps = t.objective in ("shortcut", "distill") and stage != "codec"
+        # distillation: every block learns a jump (from the teacher); shortcut: a share (from the prior itself)
+        self.shortcut = ((1.0 if t.objective == "distill" else t.shortcut_fraction), t.shortcut_finest) if jumps else None
         if self.shortcut is not None and not (prior is not None and prior.takes_step):
-            raise ConfigError("train.objective=shortcut trains jumps, so the prior must take a step span: set "
+            raise ConfigError(f"train.objective={t.objective} trains jumps, so the prior must take a step span: set "
                               "prior.step_conditioning: true (the built-in `dit`; a plugin backbone needs takes_step).")
-        if t.objective == "shortcut" and t.shortcut_finest & (t.shortcut_finest - 1):
+        # held aside like the frozen codecs (not a submodule: DDP/FSDP and the checkpoints see only `trainable`)
+        object.__setattr__(self, "teacher", teacher.requires_grad_(False).eval() if teacher is not None else None)
+        if t.objective == "distill" and stage != "codec" and self.teacher is None:
+            raise ConfigError("train.objective=distill learns from a trained flow prior: set train.teacher to its run directory.")
+        if t.objective in ("shortcut", "distill") and t.shortcut_finest & (t.shortcut_finest - 1):
             raise ConfigError(f"train.shortcut_finest must be a power of two (the jumps halve down to it), got {t.shortcut_finest}.")
         self.tasks = list(tasks) if stage != "codec" else []
         if stage != "codec" and not self.tasks:
@@ -113,8 +119,9 @@ class StageLoss(nn.Module):
         """`.to(device)` (what accelerate's prepare calls) moves the frozen codecs and the stage-1 copy too: they are held
         outside the trained modules, but their encodes must run where the prior runs."""
         super()._apply(fn, recurse)
-        for codec in [*self.frozen.values(), *([self.stage1] if self.stage1 is not None else [])]:
-            codec._apply(fn, recurse)
+        for held in [*self.frozen.values(), *([self.stage1] if self.stage1 is not None else []),
+                     *([self.teacher] if self.teacher is not None else [])]:
+            held._apply(fn, recurse)
         return self
 
     def _latents(self, role: str, batch: Any, gens: list[torch.Generator]) -> list[Tensor]:
@@ -147,7 +154,8 @@ class StageLoss(nn.Module):
                 examples.append(ex)
                 noises.append(draw_noise([ex], self.layout, self.samplers, g, shortcut=self.shortcut))
         out = prior_loss(self.trainable["prior"], self.layout, examples, noise=BatchNoise.cat(noises),
-                         row_length=cfg.train.row_length, mean_count=_mean_over_processes if _world() > 1 else None)
+                         row_length=cfg.train.row_length, mean_count=_mean_over_processes if _world() > 1 else None,
+                         teacher=self.teacher, teacher_substeps=cfg.train.teacher_substeps)
         if self.stage == "joint":
             codec, mine = self.codecs[self.role], items.parts[0].batch[self.role]
             own = codec.loss(mine)
@@ -245,7 +253,8 @@ class Trainer:
                  resume: bool = False,
                  init_from: str | Path | None = None,
                  progress: bool = True, checkpoints: bool = True, tasks: list | None = None,
-                 ckpt_root: str | Path | None = None, registries: Registries | None = None) -> None:
+                 ckpt_root: str | Path | None = None, registries: Registries | None = None,
+                 teacher: PriorBackbone | None = None) -> None:
         t = cfg.train
         self.cfg, self.run_dir, self.codecs, self.batches = cfg, Path(run_dir), codecs, batches
         self._ckpt_root = Path(ckpt_root) if ckpt_root is not None else None
@@ -284,7 +293,7 @@ class Trainer:
             codecs = {**codecs, self.role: copy.deepcopy(codecs[self.role])}
         if t.compile and prior is not None:
             parallel.compile_prior(prior, sharded=self.sharded)
-        self.module = StageLoss(self.stage, cfg, codecs, prior, self.layout, self.role, tasks or [])
+        self.module = StageLoss(self.stage, cfg, codecs, prior, self.layout, self.role, tasks or [], teacher)
         self.roots: list[nn.Module] = []  # FSDP roots (their gradient sync is switched off on accumulating micro-steps)
         if self.fsdp:
             self.module.to(self.acc.device)
@@ -307,6 +316,9 @@ class Trainer:
             self._resume()
         elif init_from is not None:
             self._init_from(Path(init_from))
+        elif self.module.teacher is not None:  # distillation: the student starts as the teacher (its EMA weights)
+            teacher_weights = {f"prior.{k}": v for k, v in self.module.teacher.state_dict().items()}
+            self._load_weights(self._with_step_embedding(teacher_weights), Path(str(cfg.train.teacher)))
 
     def _new_ema(self) -> AveragedModel | None:
         t = self.cfg.train
@@ -409,12 +421,13 @@ class Trainer:
         if (path / "checkpoints").is_dir():
             path = latest_checkpoint(path / "checkpoints") or path
         ckpt = load_checkpoint(path, training_state=False)
-        weights = dict(ckpt["model"])
+        self._load_weights(self._with_step_embedding(dict(ckpt["model"])), path)
+
+    def _with_step_embedding(self, weights: dict[str, Tensor]) -> dict[str, Tensor]:
+        """A prior that can jump started from one that cannot: its step embedding keeps its zero start, as built (the
+        shortcut or distill objective fine-tuning a flow prior computes the same velocities at its first step)."""
         mine = parallel.full_model_state(self.module.trainable)  # collective under FSDP
-        # a prior that can jump started from one that cannot: its step embedding starts at zero, as built (the
-        # shortcut objective fine-tuning a flow-matching prior computes the same velocities at its first step)
-        weights.update({k: v for k, v in mine.items() if ".step_embed." in k and k not in weights})
-        self._load_weights(weights, path)
+        return {**weights, **{k: v for k, v in mine.items() if ".step_embed." in k and k not in weights}}
 
     # ---- the loop -----------------------------------------------------------------------------------------
 
