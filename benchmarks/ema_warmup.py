@@ -35,7 +35,7 @@ from latentbridge.prior import BlockCausalDiT  # noqa: E402
 from latentbridge.runs import load_run  # noqa: E402
 from latentbridge.sequence import pack  # noqa: E402
 from latentbridge.tasks import TaskMixture, tasks_of  # noqa: E402
-from latentbridge.train.checkpoint import latest_checkpoint, load_checkpoint  # noqa: E402
+from latentbridge.checkpoint import latest_checkpoint, load_checkpoint  # noqa: E402
 from latentbridge.train.experiment import train  # noqa: E402
 from latentbridge.train.objective import draw_noise, prior_loss  # noqa: E402
 

@@ -19,7 +19,7 @@ from latentbridge.errors import CheckpointError, ConfigError
 from latentbridge.plugins import Registries, registries
 from latentbridge.prior import PriorBackbone
 from latentbridge.sequence import SequenceLayout
-from latentbridge.train.checkpoint import latest_checkpoint, load_checkpoint
+from latentbridge.checkpoint import latest_checkpoint, load_checkpoint
 from latentbridge.typedconfig import from_dict
 
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from latentbridge.train.checkpoint import PAUSE_ENV, latest_checkpoint
+from latentbridge.checkpoint import PAUSE_ENV, latest_checkpoint
 
 ROOT = Path(__file__).parents[1]
 CONFIG = ROOT / "configs" / "toy_label_to_vector.yaml"

@@ -22,7 +22,7 @@ from latentbridge.errors import CheckpointError, ConfigError
 from latentbridge.train.experiment import train
 from latentbridge.plugins import build_registries, make_plugin_manager
 from latentbridge.train.metrics import read_metrics_file
-from latentbridge.train.checkpoint import PAUSE_ENV, latest_checkpoint, load_checkpoint
+from latentbridge.checkpoint import PAUSE_ENV, latest_checkpoint, load_checkpoint
 from latentbridge.train.trainer import STEP_PAUSE_ENV, Trainer, TrainingError, ema_avg_fn
 from latentbridge.typedconfig import dump_yaml
 

@@ -19,7 +19,7 @@ import datafiles as D
 from latentbridge.data.stream import DataFileError, StreamReader, split_of
 from latentbridge.errors import ConfigError
 from latentbridge.plugins import build_registries, make_plugin_manager
-from latentbridge.train.checkpoint import latest_checkpoint
+from latentbridge.checkpoint import latest_checkpoint
 from latentbridge.train.trainer import STEP_PAUSE_ENV
 
 ROOT = Path(__file__).parents[1]

@@ -24,7 +24,7 @@ from typing import Any
 
 from latentbridge.config import ExperimentConfig
 from latentbridge.errors import ConfigError, LatentbridgeError
-from latentbridge.train.checkpoint import latest_checkpoint
+from latentbridge.checkpoint import latest_checkpoint
 from latentbridge.typedconfig import from_dict, parse_yaml, to_dict
 
 
