@@ -51,9 +51,9 @@ from latentbridge.prior import PriorBackbone
 from latentbridge.sequence import SequenceLayout, drop_conditions
 from latentbridge.typedconfig import dump_yaml, from_dict, parse_yaml, save_config, to_dict
 from latentbridge.versions import provider_of
+from latentbridge.checkpoint import (clean_partial, latest_checkpoint, load_checkpoint, save_checkpoint, step_name, temp_dir,
+                                     write_failure)
 from latentbridge.train import parallel
-from latentbridge.checkpoint import (write_failure, clean_partial, latest_checkpoint, load_checkpoint, save_checkpoint,
-                                           step_name, temp_dir)
 from latentbridge.train.feed import LocalBatch, example_generator
 from latentbridge.train.metrics import read_metrics_file
 from latentbridge.train.objective import BatchNoise, draw_noise, prior_loss
