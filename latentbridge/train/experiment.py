@@ -110,7 +110,8 @@ def _train(cfg: ExperimentConfig, run_dir: Path, reg: Registries, *, resume: boo
             else:
                 items = source.stats_sample(4096)[source.field(codec.modality, role)]
             codec.fit_stats([codec.collate(items[i : i + 256]) for i in range(0, len(items), 256)])
-        codec.save_pretrained(directory)
+        if _main_process():  # every process holds the same codec; two writers would race for the directory's rename
+            codec.save_pretrained(directory)
 
     for role, codec in codecs.items():  # codec pre-stage: trainable codecs without weights, except the stage's own
         # the joint stage's own codec keeps its stage-1 weights apart (stage1/<role>/): the joint checkpoints hold
@@ -124,7 +125,7 @@ def _train(cfg: ExperimentConfig, run_dir: Path, reg: Registries, *, resume: boo
         if role == own and stage == "codec":
             continue
         if teacher is not None:  # distillation: the teacher's trained codecs, kept as they are (stats included)
-            if int(os.environ.get("RANK", "0")) == 0:
+            if _main_process():
                 codec.save_pretrained(saved)
             continue
         slot = cfg.codecs[role]
@@ -176,10 +177,17 @@ def _train(cfg: ExperimentConfig, run_dir: Path, reg: Registries, *, resume: boo
     if own is not None:
         codecs[own].load_state_dict(codec_weights(weights), strict=True)
         codecs[own].freeze()
-        finish_codec(own, run_dir / "codecs" / own) if stage == "codec" else codecs[own].save_pretrained(run_dir / "codecs" / own)
+        if stage == "codec":
+            finish_codec(own, run_dir / "codecs" / own)
+        elif _main_process():
+            codecs[own].save_pretrained(run_dir / "codecs" / own)
     if stage == "codec":
         return codecs, None, None
     return codecs, trainer.export_prior(weights), trainer.layout  # same backbone, then the EMA weights
+
+
+def _main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _teacher(cfg: ExperimentConfig, reg: Registries, codecs: dict) -> tuple[Any, dict]:
