@@ -302,12 +302,12 @@ class Trainer:
                 self.roots = parallel.fsdp_shard(self.module.trainable, self.acc.device, t.mixed_precision)
                 if self.ema is not None:
                     parallel.fsdp_shard(self.ema.module, self.acc.device, t.mixed_precision)
-            self._opt = torch.optim.AdamW(self.module.trainable.parameters(), lr=self.lr, betas=t.betas, weight_decay=t.weight_decay)
-            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self._opt, lambda s: lr_schedule(s, t.warmup_steps, self.steps))
+        # after sharding: under FSDP the optimizer holds the sharded parameters
+        self._opt = torch.optim.AdamW(self.module.trainable.parameters(), lr=self.lr, betas=t.betas, weight_decay=t.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self._opt, lambda s: lr_schedule(s, t.warmup_steps, self.steps))
+        if self.fsdp:
             self.wrapped, self.optimizer = self.module, self.acc.prepare(self._opt)
         else:
-            self._opt = torch.optim.AdamW(self.module.trainable.parameters(), lr=self.lr, betas=t.betas, weight_decay=t.weight_decay)
-            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self._opt, lambda s: lr_schedule(s, t.warmup_steps, self.steps))
             self.wrapped, self.optimizer = self.acc.prepare(self.module, self._opt)
             self.ema = self._new_ema()  # after prepare: the EMA copies the weights where prepare put them (the accelerator)
         self.start_step = 0
