@@ -14,7 +14,9 @@ Wall time of training is reported too (the shortcut objective runs two extra for
 
 Prints a table, writes <work>/few_step.png, then one JSON line: for each prior and steps, mmd2 and class agreement
 at guidance 1 (mmd2_flow_euler_2, class_agreement_shortcut_shortcut_2, ...), train_s_flow, train_s_shortcut,
-train_s_distill (the student's steps alone).
+train_s_distill (the student's steps alone). A fourth prior, "folded", is distilled like the student but from the
+teacher's guided velocity (train.teacher_guidance 2): sampled at guidance 1 it is compared with the others at
+guidance 2 (mmd2_g2_folded_shortcut_1, ...). --priors picks a subset (a rerun of one).
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ from latentbridge.train.experiment import train  # noqa: E402
 ROOT = Path(__file__).parents[1]
 PLAN = {"flow": [("euler", k) for k in (1, 2, 4, 8, 16)],
         "shortcut": [("shortcut", k) for k in (1, 2, 4)] + [("euler", 16)],
-        "distill": [("shortcut", k) for k in (1, 2, 4)]}
+        "distill": [("shortcut", k) for k in (1, 2, 4)],
+        "folded": [("shortcut", k) for k in (1, 2, 4)]}
+FOLDED = 2.0  # the teacher's guidance scale the "folded" student learns (sampled at guidance 1: its g=2 columns)
 
 
 def main() -> None:
@@ -43,19 +47,27 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2000, help="optimizer steps of each prior")
     ap.add_argument("--samples", type=int, default=2000, help="samples per evaluated set")
     ap.add_argument("--distill-steps", type=int, default=500, help="optimizer steps of the distilled student")
-    ap.add_argument("--work", default="runs/few-step", help="where the two runs go (kept: a rerun only evaluates)")
+    ap.add_argument("--work", default="runs/few-step", help="where the runs go (kept: a rerun only evaluates)")
+    ap.add_argument("--priors", default=",".join(PLAN), help=f"which of {', '.join(PLAN)} (the students need flow)")
     args = ap.parse_args()
     reg = registries()
     work = Path(args.work)
     extra = {"flow": [], "shortcut": ["--prior.step_conditioning=true", "--train.objective=shortcut"],
              "distill": ["--prior.step_conditioning=true", "--train.objective=distill", f"--train.teacher={work / 'flow'}",
                          "--train.warmup_steps=20", "--train.lr=1e-3"]}
+    extra["folded"] = [*extra["distill"], f"--train.teacher_guidance={FOLDED}"]
+    chosen = [p.strip() for p in args.priors.split(",") if p.strip()]
+    unknown = [p for p in chosen if p not in PLAN]
+    if unknown:
+        raise SystemExit(f"few_step: unknown prior(s) {unknown}; choose from {', '.join(PLAN)}")
     rows, figures = [], {}
-    for prior, plan in PLAN.items():
+    for prior in chosen:
+        plan = PLAN[prior]
         run_dir = work / prior
+        scales = "[1.0]" if prior == "folded" else "[1.0, 2.0]"  # the folded student's guidance 1 is its teacher's 2
         cfg = load_config(ROOT / "configs" / "toy_label_to_vector.yaml",
-                          [f"--train.steps={args.distill_steps if prior == 'distill' else args.steps}", f"--eval.samples={args.samples}", "--eval.guidance_scales=[1.0, 2.0]",
-                           *extra[prior]])
+                          [f"--train.steps={args.distill_steps if prior in ('distill', 'folded') else args.steps}",
+                           f"--eval.samples={args.samples}", f"--eval.guidance_scales={scales}", *extra[prior]])
         timing = run_dir / "train_s.json"
         if not timing.exists():
             start = time.perf_counter()
@@ -67,6 +79,13 @@ def main() -> None:
                                   evaluators=["ring"])
             (task,) = report["tasks"].values()
             ring = task["ring"]
+            if prior == "folded":
+                g1, g2 = {"class_agreement": float("nan"), "mmd2": float("nan")}, ring["guidance 1"]
+                rows.append((prior, solver, k, g1["class_agreement"], g1["mmd2"], g2["class_agreement"], g2["mmd2"],
+                             ring["label_blind_mmd2"]))
+                figures[f"mmd2_g2_{prior}_{solver}_{k}"] = round(g2["mmd2"], 4)
+                figures[f"class_agreement_g2_{prior}_{solver}_{k}"] = round(g2["class_agreement"], 3)
+                continue
             g1, g2 = ring["guidance 1"], ring["guidance 2"]
             rows.append((prior, solver, k, g1["class_agreement"], g1["mmd2"], g2["class_agreement"], g2["mmd2"],
                          ring["label_blind_mmd2"]))
@@ -77,8 +96,8 @@ def main() -> None:
     print(f"{'prior':>9} {'solver':>9} {'steps':>6} {'agree g=1':>10} {'mmd2 g=1':>9} {'agree g=2':>10} {'mmd2 g=2':>9}")
     for prior, solver, k, a1, m1, a2, m2, _ in rows:
         print(f"{prior:>9} {solver:>9} {k:>6} {a1:>10.3f} {m1:>9.4f} {a2:>10.3f} {m2:>9.4f}")
-    print(f"training wall time: flow {figures['train_s_flow']:.0f} s, shortcut {figures['train_s_shortcut']:.0f} s, "
-          f"student {figures['train_s_distill']:.0f} s after its teacher (the flow prior)")
+    print("training wall time: " + ", ".join(f"{p} {figures[f'train_s_{p}']:.0f} s" for p in chosen)
+          + " (the students' after their teacher, the flow prior; 'folded': guidance 2 folded in, its g=1 is shown as g=2)")
     plot(rows, work / "few_step.png")
     print(json.dumps(figures))
 
@@ -94,6 +113,8 @@ def plot(rows: list[tuple], path: Path) -> None:
                         ("shortcut prior, jumps", lambda r: r[0] == "shortcut" and r[1] == "shortcut"),
                         ("distilled student, jumps", lambda r: r[0] == "distill")):
         chosen = [r for r in rows if pick(r)]
+        if not chosen:
+            continue
         ks = [r[2] for r in chosen]
         axes[0].plot(ks, [r[4] for r in chosen], "o-", label=label)
         axes[1].plot(ks, [r[3] for r in chosen], "o-", label=label)

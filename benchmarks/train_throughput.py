@@ -29,26 +29,12 @@ import statistics
 import time
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_flop_formula, sdpa_backward_flop_count, sdpa_flop_count
+from _flops import FlopCounterMode  # torch's, taught the CPU attention kernel
 
 from latentbridge.flow import LogitNormal
 from latentbridge.prior import BlockCausalDiT, prior_config
 from latentbridge.sequence import Segment, SequenceLayout, Stream, pack
 from latentbridge.train.objective import prior_loss
-
-
-# FlopCounterMode knows the CUDA attention kernels but not the CPU flash kernel SDPA uses here, which
-# would count attention as free. Give the CPU kernel the same (dense) formula as the CUDA ones.
-_cpu_flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-if _cpu_flash.default not in flop_registry:
-
-    @register_flop_formula(_cpu_flash)
-    def _cpu_flash_forward_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-        return sdpa_flop_count(query_shape, key_shape, value_shape)
-
-    @register_flop_formula(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward)
-    def _cpu_flash_backward_flop(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-        return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
 
 
 def sync(device: torch.device) -> None:

@@ -190,6 +190,10 @@ class TrainConfig:
     """Objective distill: the run directory of the trained flow prior to distil (its EMA prior and its codecs)."""
     teacher_substeps: PositiveInt = 8
     """Objective distill: Euler steps of the teacher over each jump the student learns."""
+    teacher_guidance: NonNegativeFloat = 1.0
+    """Objective distill: the classifier-free guidance scale of the teacher's velocity (1: none). Above 1 guidance is
+    folded into the student: it learns the guided teacher's jumps and samples them at guidance 1, with no
+    unconditional pass (sample it at sampling.guidance 1; eval.guidance_scales [1.0])."""
     log_every: PositiveInt = 50
     """Steps between metrics.jsonl lines."""
     checkpoint_every: Count = 500

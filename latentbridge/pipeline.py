@@ -402,6 +402,10 @@ class Pipeline:
         for name, value in (("steps", steps), ("batch_size", batch_size), ("max_tokens", max_tokens), ("num", num)):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ConfigError(f"generate: {name} must be a whole number of at least 1, got {value!r}.")
+        folded = self.cfg.train.objective == "distill" and self.cfg.train.teacher_guidance != 1.0
+        if folded and any(float(g) != 1.0 for g in scales):
+            warnings.warn(f"this student has its teacher's guidance {self.cfg.train.teacher_guidance} folded in (train.teacher_guidance); "
+                          f"guidance {guidance} applies on top of it. Sample it at guidance 1.0.", stacklevel=2)
         per_condition = not isinstance(guidance, (int, float)) and len(guidance) > 1 and any(float(g) != 1.0 for g in guidance)
         if per_condition and len(task.cond) > 1 and self.cfg.train.cond_dropout_mode != "each":
             warnings.warn(f"guidance {list(guidance)}: one scale per condition compares against variants with one condition "

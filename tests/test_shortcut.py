@@ -192,6 +192,68 @@ def test_distilling_with_one_teacher_step_asks_the_student_for_the_teachers_velo
     assert float(one.detach()) < 1e-20 and float(eight.detach()) > 1e-6
 
 
+def _noisy_in_example_order(packed):
+    rows, cols = (packed.meta.noisy & packed.valid).nonzero(as_tuple=True)
+    order = torch.sort(packed.meta.sample[rows, cols], stable=True).indices
+    return rows[order], cols[order]
+
+
+@pytest.mark.parametrize("row_length", [None, 40])
+def test_folded_guidance_is_the_guided_teacher_velocity_of_each_example_alone(row_length):
+    """train.teacher_guidance g: per target token v_without + g (v - v_without), v_without with the example's
+    conditions removed -- the same on a packed batch (first-fit rows, several examples each) as for each example
+    packed alone; an example without conditions is left unguided; g = 1 is the plain teacher."""
+    from latentbridge.sequence import pack
+    from latentbridge.train.objective import _teacher_velocity
+
+    teacher = make_prior()
+    ex = [[Segment(s.codec, s.latents.double(), s.role) for s in e] for e in examples(5)]
+    ex.append([Segment("text", text(7, 99), "target")])  # no condition: guidance has nothing to drop
+    g = 2.5
+    packed = pack(ex, LAYOUT, two_copies=True, row_length=row_length, unread_clean=False)
+    rows, cols = _noisy_in_example_order(packed)
+    gen = torch.Generator().manual_seed(3)
+    x = packed.values.clone()
+    x[rows, cols] = torch.randn(len(rows), LAYOUT.dmax, generator=gen, dtype=x.dtype) * packed.channel_mask[rows, cols]
+    t = torch.zeros_like(packed.t)
+    t[rows, cols] = torch.rand(len(rows), generator=gen, dtype=t.dtype)
+    with torch.no_grad():
+        guided = _teacher_velocity(teacher, packed, (rows, cols), ex, LAYOUT, g, row_length=row_length, unread_clean=False)(x, t)
+        plain = _teacher_velocity(teacher, packed, (rows, cols), ex, LAYOUT, 1.0, row_length=row_length, unread_clean=False)(x, t)
+        assert torch.equal(plain, teacher(x, t, packed.codec, packed.meta))
+        got, start = guided[rows, cols], 0
+        for e in ex:  # brute force: each example alone, with and without its conditions
+            n = sum(s.latents.shape[0] for s in e if s.role == "target")
+            velocities = []
+            for variant in (e, [s for s in e if s.role != "cond"] or e):
+                alone = pack([variant], LAYOUT, two_copies=True, unread_clean=False)
+                r, c = _noisy_in_example_order(alone)
+                xa, ta = alone.values.clone(), torch.zeros_like(alone.t)
+                xa[r, c], ta[r, c] = x[rows, cols][start : start + n], t[rows, cols][start : start + n]
+                velocities.append(teacher(xa, ta, alone.codec, alone.meta)[r, c])
+            with_c, without = velocities
+            want = without + g * (with_c - without)
+            torch.testing.assert_close(got[start : start + n], want, rtol=1e-9, atol=1e-9)
+            if not any(s.role == "cond" for s in e):
+                torch.testing.assert_close(got[start : start + n], plain[rows, cols][start : start + n], rtol=1e-9, atol=1e-9)
+            else:
+                assert float((got[start : start + n] - plain[rows, cols][start : start + n]).abs().max()) > 1e-4
+            start += n
+        assert start == len(rows)
+
+
+def test_teacher_guidance_needs_distillation(tmp_path):
+    from latentbridge.plugins import build_registries, make_plugin_manager
+    from latentbridge.train.experiment import train
+    from pathlib import Path
+
+    reg = build_registries(make_plugin_manager(autoload=True))
+    config = Path(__file__).parents[1] / "configs" / "toy_label_to_vector.yaml"
+    with pytest.raises(ConfigError, match="teacher_guidance .*needs train.objective=distill"):
+        train(load_config(config, ["--train.teacher_guidance=2.0", "--train.steps=2"]), tmp_path / "run", reg=reg, progress=False)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_distillation_refuses_a_missing_or_unfit_teacher(tmp_path):
     from latentbridge.plugins import build_registries, make_plugin_manager
     from latentbridge.train.experiment import train
@@ -210,7 +272,8 @@ def test_distillation_refuses_a_missing_or_unfit_teacher(tmp_path):
 def test_a_distilled_student_jumps_where_its_teacher_integrates(tmp_path):
     """Teacher: the toy ring's flow prior (800 steps). Student: 300 steps of distillation from it. From the same
     noise, the student's one-jump samples land within a small distance of the teacher's 16 Euler steps (measured
-    0.046 at 500 student steps on the 2,000-step teacher, against 2.55 between unpaired samples)."""
+    0.046 at 500 student steps on the 2,000-step teacher, against 2.55 between unpaired samples). A second student
+    with the teacher's guidance 2 folded in lands near the teacher's guided samples."""
     from latentbridge.pipeline import Pipeline
     from latentbridge.plugins import build_registries, make_plugin_manager
     from latentbridge.train.experiment import train
@@ -232,6 +295,21 @@ def test_a_distilled_student_jumps_where_its_teacher_integrates(tmp_path):
     assert paired < 0.1 * unpaired and paired < 0.25, (paired, unpaired)
     codec = load_file_keys(tmp_path / "student" / "codecs" / "point"), load_file_keys(tmp_path / "teacher" / "codecs" / "point")
     assert codec[0] == codec[1]  # the student kept the teacher's codec (its latents), bit for bit
+
+    # guidance folded in (train.teacher_guidance 2): one jump at guidance 1 lands where the teacher goes with 16
+    # guided Euler steps -- closer than the plain student's one jump with guidance 2 applied to it (which overshoots)
+    train(load_config(config, ["--train.objective=distill", "--prior.step_conditioning=true", f"--train.teacher={tmp_path / 'teacher'}",
+                               "--train.teacher_guidance=2.0", "--train.steps=300", "--train.warmup_steps=20", "--train.lr=1e-3"]),
+          tmp_path / "folded", reg=reg, progress=False)
+    folded = Pipeline.from_pretrained(tmp_path / "folded", reg).set_sampling(1, "shortcut")
+    guided = torch.stack([torch.as_tensor(x).float() for x in teacher.generate({"label": labels}, target="point", steps=16, guidance=2.0, seed=5)])
+    one_folded = torch.stack([torch.as_tensor(x).float() for x in folded.generate({"label": labels}, target="point", guidance=1.0, seed=5)])
+    one_cfg = torch.stack([torch.as_tensor(x).float() for x in student.generate({"label": labels}, target="point", guidance=2.0, seed=5)])
+    paired_folded = float((guided - one_folded).norm(dim=-1).mean())
+    paired_cfg = float((guided - one_cfg).norm(dim=-1).mean())
+    assert paired_folded < 0.25 and paired_folded < 0.5 * paired_cfg, (paired_folded, paired_cfg)
+    with pytest.warns(UserWarning, match="guidance 2.0 folded in"):
+        folded.generate({"label": labels[:2]}, target="point", guidance=2.0, seed=5)
 
 
 def load_file_keys(directory):

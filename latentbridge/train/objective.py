@@ -147,13 +147,16 @@ def prior_loss(
     mean_count: Callable[[Tensor], Tensor] | None = None,
     teacher: PriorBackbone | None = None,
     teacher_substeps: int = 8,
+    teacher_guidance: float = 1.0,
 ) -> dict[str, Tensor]:
     """Flow-matching loss on the noisy copies: {"loss": total, "loss/<codec>": per codec stream}.
 
     With `noise.d` (draw_noise(shortcut=...)) it is the shortcut objective: blocks with d > 0 regress, at jump 2d,
     the mean of the network's own two jumps of d (computed without gradient), the others flow-match at jump 0.
     With a `teacher` (a frozen flow prior) blocks with d > 0 regress instead the mean velocity of the teacher's
-    `teacher_substeps` Euler steps over [t - 2d, t] (distillation).
+    `teacher_substeps` Euler steps over [t - 2d, t] (distillation); with `teacher_guidance` g != 1 the teacher's
+    velocity is classifier-free guided, v_without + g (v - v_without), v_without from each example with its
+    conditions removed (guidance folded into the student, which then samples at guidance 1 in one pass).
 
     Pass `noise` (from draw_noise, after condition dropout) to fix the step's randomness; otherwise
     dropout and noise are drawn here from `generator`. With `clean_grad` False the clean history is
@@ -191,11 +194,13 @@ def prior_loss(
         d[rows, cols] = noise.d.to(t)
         jumping = (d > 0)[..., None]  # [B, L, 1]
         if teacher is not None and bool(jumping.any()):
+            velocity = _teacher_velocity(teacher, packed, (rows, cols), examples, layout, teacher_guidance,
+                                         row_length=row_length, unread_clean=unread_clean)
             with torch.no_grad():  # the teacher's ODE over each jump: Euler steps of 2d / n
                 h = (2 * d / teacher_substeps)[..., None]
                 y, tau = x.detach(), t
                 for _ in range(teacher_substeps):
-                    y = torch.where(jumping, y - h * teacher(y, tau, packed.codec, packed.meta), y)
+                    y = torch.where(jumping, y - h * velocity(y, tau), y)
                     tau = torch.where(jumping[..., 0], tau - h[..., 0], tau)
                 target = torch.where(jumping, ((x.detach() - y) / (2 * d[..., None]).clamp_min(1e-12)).to(target.dtype), target)
         elif bool(jumping.any()):
@@ -223,3 +228,39 @@ def prior_loss(
         if name == "loss" or bool(m.any()) or mean_count is not None:  # a codec absent here may be present elsewhere
             out[name] = total / count.clamp_min(1.0)
     return out
+
+
+def _teacher_velocity(teacher: PriorBackbone, packed, noisy_at: tuple[Tensor, Tensor], examples: Sequence[Example],
+                      layout: SequenceLayout, guidance: float, *, row_length: int | None,
+                      unread_clean: bool) -> Callable[[Tensor, Tensor], Tensor]:
+    """The distillation teacher's velocity on the packed batch: velocity(x, t) -> [B, L, D].
+
+    With guidance g != 1 it is classifier-free guided like generation's: the examples are packed a second time with
+    their conditions removed (the variant condition dropout trained), every target token's state and time are copied
+    into that packing (`noisy_at`: the noisy tokens of `packed` in example order; the bare packing's come in the same
+    order), and per target token v_without + g (v - v_without). Examples without conditions have no guidance."""
+    if guidance == 1.0 or not any(seg.role == "cond" for ex in examples for seg in ex):
+        return lambda x, t: teacher(x, t, packed.codec, packed.meta)
+    bare = pack([[seg for seg in ex if seg.role != "cond"] or ex for ex in examples], layout, two_copies=True,
+                row_length=row_length, unread_clean=unread_clean)
+    noisy = bare.meta.noisy & bare.valid
+    b_rows, b_cols = noisy.nonzero(as_tuple=True)
+    order = torch.sort(bare.meta.sample[b_rows, b_cols], stable=True).indices
+    b_rows, b_cols = b_rows[order], b_cols[order]
+    rows, cols = noisy_at
+    if len(b_rows) != len(rows):  # cannot happen unless packing changed: conditions are never noisy
+        raise RuntimeError(f"teacher guidance: {len(rows)} target tokens with conditions, {len(b_rows)} without")
+    x_bare = bare.values.to(packed.values.dtype).clone()
+    t_bare = torch.zeros_like(bare.t, dtype=packed.t.dtype)
+
+    def velocity(x: Tensor, t: Tensor) -> Tensor:
+        v = teacher(x, t, packed.codec, packed.meta)
+        x_bare[b_rows, b_cols] = x[rows, cols].to(x_bare.dtype)
+        t_bare[b_rows, b_cols] = t[rows, cols]
+        v_bare = teacher(x_bare, t_bare, bare.codec, bare.meta)
+        out = v.clone()
+        without = v_bare[b_rows, b_cols].to(v.dtype)
+        out[rows, cols] = without + guidance * (v[rows, cols] - without)
+        return out
+
+    return velocity

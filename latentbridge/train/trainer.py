@@ -27,7 +27,6 @@ import os
 import shutil
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -55,8 +54,9 @@ from latentbridge.checkpoint import (clean_partial, latest_checkpoint, load_chec
                                      write_failure)
 from latentbridge.train import parallel
 from latentbridge.train.feed import LocalBatch, example_generator
-from latentbridge.train.metrics import read_metrics_file
+from latentbridge.train.metrics import plot_losses, read_metrics_file
 from latentbridge.train.objective import BatchNoise, draw_noise, prior_loss
+from latentbridge.train.signals import StopSignals
 
 STEP_PAUSE_ENV = "LATENTBRIDGE_STEP_PAUSE_S"  # fault injection for tests: sleep after each step (a kill lands between checkpoints)
 
@@ -104,6 +104,9 @@ class StageLoss(nn.Module):
                               "prior.step_conditioning: true (the built-in `dit`; a plugin backbone needs takes_step).")
         # held aside like the frozen codecs (not a submodule: DDP/FSDP and the checkpoints see only `trainable`)
         object.__setattr__(self, "teacher", teacher.requires_grad_(False).eval() if teacher is not None else None)
+        if t.teacher_guidance != 1.0 and t.objective != "distill":
+            raise ConfigError(f"train.teacher_guidance {t.teacher_guidance} folds a teacher's guidance into a distilled student; "
+                              "it needs train.objective=distill (or leave it at 1.0).")
         if t.objective == "distill" and stage != "codec" and self.teacher is None:
             raise ConfigError("train.objective=distill learns from a trained flow prior: set train.teacher to its run directory.")
         if t.objective in ("shortcut", "distill") and t.shortcut_finest & (t.shortcut_finest - 1):
@@ -155,7 +158,8 @@ class StageLoss(nn.Module):
                 noises.append(draw_noise([ex], self.layout, self.samplers, g, shortcut=self.shortcut))
         out = prior_loss(self.trainable["prior"], self.layout, examples, noise=BatchNoise.cat(noises),
                          row_length=cfg.train.row_length, mean_count=_mean_over_processes if _world() > 1 else None,
-                         teacher=self.teacher, teacher_substeps=cfg.train.teacher_substeps)
+                         teacher=self.teacher, teacher_substeps=cfg.train.teacher_substeps,
+                         teacher_guidance=cfg.train.teacher_guidance)
         if self.stage == "joint":
             codec, mine = self.codecs[self.role], items.parts[0].batch[self.role]
             own = codec.loss(mine)
@@ -175,44 +179,6 @@ def _example_noise(post: Posterior, gens: list[torch.Generator]) -> Tensor:
     for i, (n, g) in enumerate(zip(post.lengths.tolist(), gens)):
         eps[i, :n] = torch.randn(n, dim, generator=g)
     return eps.to(post.mean.device, post.mean.dtype)
-
-
-class StopSignals:
-    """While training: SIGTERM (preemption) or SIGINT (Ctrl-C) is noted, the step in progress finishes, a checkpoint is
-    written and training stops with StoppedError. A second signal acts at once, as it would without this."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __enter__(self) -> StopSignals:
-        self.received = 0
-        self.previous: dict[int, Any] = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.SIGNALS:
-                self.previous[sig] = signal.signal(sig, self._note)
-        return self
-
-    def _note(self, signum: int, frame: Any) -> None:
-        if self.received:  # a second signal: what it would do without us
-            self._restore()
-            signal.raise_signal(signum)
-            return
-        self.received = signum
-
-    def _restore(self) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-        self.previous = {}
-
-    def __exit__(self, *exc: Any) -> None:
-        self._restore()
-
-    def agreed(self, device: torch.device) -> int:
-        """The signal any process received (0: none); every process of a run stops at the same step."""
-        if _world() == 1:
-            return self.received
-        flag = torch.tensor([self.received], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return int(flag)
 
 
 def _world() -> int:
@@ -607,36 +573,3 @@ def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{k}"] = v
     return out
-
-
-def plot_losses(run_dir: Path) -> None:
-    """loss.png: one panel per named loss term of each stage in metrics.jsonl."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = read_metrics_file(run_dir / "metrics.jsonl")
-    series: dict[str, tuple[list, list]] = {}
-    for r in rows:
-        for k, v in r.items():
-            if k in ("step", "stage", "role", "lr", "grad_norm", "elapsed_s", "data_skipped") or not isinstance(v, (int, float)):
-                continue
-            xs, ys = series.setdefault(f"{' '.join(filter(None, [r['stage'], r.get('role')]))}: {k}", ([], []))
-            xs.append(r["step"])
-            ys.append(v)
-    if not series:
-        return
-    cols = min(5, len(series))
-    rows_n = -(-len(series) // cols)
-    fig, axes = plt.subplots(rows_n, cols, figsize=(3.6 * cols, 3.0 * rows_n), squeeze=False)
-    for ax in axes.flat[len(series):]:
-        ax.axis("off")
-    for ax, (name, (xs, ys)) in zip(axes.flat, series.items()):
-        ax.plot(xs, ys, lw=1.2)
-        ax.set(title=name, xlabel="step")
-        if all(y > 0 for y in ys):
-            ax.set_yscale("log")
-    fig.tight_layout()
-    fig.savefig(run_dir / "loss.png", dpi=110)
-    plt.close(fig)

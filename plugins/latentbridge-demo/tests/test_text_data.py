@@ -86,3 +86,27 @@ def test_ar_baseline_cache_matches_full_recompute():
         if all(done):
             break
     assert out == ref
+
+
+def test_ar_baseline_trains_for_a_wall_clock_budget(tmp_path):
+    """With `seconds`, training stops at the budget (not at `steps`) with the cosine schedule run out."""
+    import json
+
+    from latentbridge_demo.baselines.autoregressive import ARConfig, ARModel, load_ar, train_ar
+    from latentbridge_text_vae.tokenizer import load_tokenizer
+
+    tok = load_tokenizer()
+    torch.manual_seed(0)
+    model = ARModel(ARConfig(vocab_size=len(tok), width=32, depth=1, heads=2, max_tokens=16))
+    texts = wordnet_glosses()[:64]
+    rows = train_ar(model, tok, lambda step: texts[(8 * step) % 56 : (8 * step) % 56 + 8], 10**6, tmp_path,
+                    warmup=2, log_every=1, progress=False, seconds=1.0)
+    last = rows[-1]
+    assert 1.0 <= last["elapsed_s"] < 30 and last["step"] < 10**6 - 1
+    assert last["lr"] < 1e-6  # cosine decayed by time share: lr(1.0) = 0
+    assert rows[2]["lr"] > last["lr"]
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert logged[-1]["step"] == last["step"]
+    assert load_ar(tmp_path).config == model.config
+    with pytest.raises(ValueError, match="seconds must be positive"):
+        train_ar(model, tok, lambda step: texts[:8], 5, tmp_path, seconds=0)

@@ -151,20 +151,35 @@ def encode_texts(tokenizer, texts: Sequence[str], max_tokens: int) -> tuple[Tens
 
 
 def train_ar(model: ARModel, tokenizer, batches, steps: int, out_dir: str | Path, *, lr: float = 1e-3, warmup: int = 100,
-             bf16: bool = True, log_every: int = 25, progress: bool = True) -> list[dict]:
-    """Train by next-token cross-entropy; `batches(step) -> list[str]`. Writes model.safetensors, config.json, metrics.jsonl."""
+             bf16: bool = True, log_every: int = 25, progress: bool = True, seconds: float | None = None) -> list[dict]:
+    """Train by next-token cross-entropy; `batches(step) -> list[str]`. Writes model.safetensors, config.json, metrics.jsonl.
+
+    With `seconds`, training is a wall-clock budget: it stops at the first step that ends past `seconds` (or at
+    `steps`), and the cosine schedule follows the larger of the step share and the time share, so the learning rate
+    has decayed when the budget runs out however many steps fit (the same budget for the baseline as for the
+    model it is compared with)."""
     from tqdm.auto import tqdm
 
+    if seconds is not None and seconds <= 0:
+        raise ValueError(f"train_ar: seconds must be positive, got {seconds}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * min(1.0, (s - warmup) / max(1, steps - warmup)))))
-    rows = []
     start = time.perf_counter()
+
+    def progress_share(step: int) -> float:
+        share = (step - warmup) / max(1, steps - warmup)
+        if seconds is not None:
+            share = max(share, (time.perf_counter() - start) / seconds)
+        return min(1.0, share)
+
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * progress_share(s))))
+    rows = []
     model.train()
     with (out_dir / "metrics.jsonl").open("w") as log:
-        for step in tqdm(range(steps), desc="autoregressive", disable=not progress, dynamic_ncols=True):
+        bar = tqdm(range(steps), desc="autoregressive", disable=not progress, dynamic_ncols=True)
+        for step in bar:
             ids, valid = encode_texts(tokenizer, batches(step), model.config.max_tokens)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 nll = model.sequence_nll(ids, valid)
@@ -174,11 +189,16 @@ def train_ar(model: ARModel, tokenizer, batches, steps: int, out_dir: str | Path
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
-            if step % log_every == 0 or step == steps - 1:
-                row = {"step": step, "loss": loss.item(), "elapsed_s": round(time.perf_counter() - start, 2)}
+            elapsed = time.perf_counter() - start
+            last = step == steps - 1 or (seconds is not None and elapsed >= seconds)
+            if step % log_every == 0 or last:
+                row = {"step": step, "loss": loss.item(), "lr": opt.param_groups[0]["lr"], "elapsed_s": round(elapsed, 2)}
                 rows.append(row)
                 log.write(json.dumps(row) + "\n")
                 log.flush()
+            if last:
+                break
+        bar.close()
     model.eval()
     save_ar(model, out_dir)
     return rows
