@@ -47,6 +47,25 @@ def test_shuffled_control_moves_every_caption():
 
 
 @pytest.mark.slow
+def test_caption_grids_show_whole_captions(tmp_path):
+    """Captions are wrapped, not cut: every word of a long caption is in the title, no line is wider than the
+    wrap width, and the grid grows to hold the lines."""
+    from PIL import Image
+
+    from latentbridge_demo.evaluate.images import caption_grid, wrap_caption
+
+    long = "a frog to the left of a penguin and a lemon below a carrot, all on a plain background"
+    lines = wrap_caption(long).split("\n")
+    assert " ".join(lines) == long and len(lines) >= 3 and all(len(line) <= 24 for line in lines)
+    assert wrap_caption("seven") == "seven"
+    assert wrap_caption("x" * 50).replace("\n", "") == "x" * 50  # a long word is split, not dropped
+    assert "\x07" not in wrap_caption("bell\x07 ring")
+    images = [np.zeros((8, 8, 3), dtype=np.uint8)] * 2
+    short_png = caption_grid(images, ["one", "two"], tmp_path / "short.png", per_row=2)
+    long_png = caption_grid(images, [long, "two"], tmp_path / "long.png", per_row=2)
+    assert Image.open(long_png).size[1] > Image.open(short_png).size[1]
+
+
 def test_caption_to_image_trains_samples_and_reports(tmp_path, autoload_plugins, capsys):
     run = tmp_path / "c2i"
     assert main(["train", "configs/caption_to_image.yaml", "--run-dir", str(run), "--no-progress", *TINY]) == 0

@@ -175,21 +175,31 @@ def scene_scores(checker: SceneChecker, images: Sequence[np.ndarray], truth: Seq
     return out
 
 
+def wrap_caption(caption: str, width: int = 24) -> str:
+    """A caption as lines of at most `width` characters, every word kept (a longer word is split across lines);
+    characters that do not print (generated text may hold control characters) become '?'."""
+    import textwrap
+
+    caption = "".join(ch if ch.isprintable() else "?" for ch in caption)
+    return "\n".join(textwrap.wrap(caption, width, break_long_words=True, break_on_hyphens=False)) or caption
+
+
 def caption_grid(images: Sequence[np.ndarray], captions: Sequence[str], path: Path, per_row: int = 8) -> Path:
-    """A figure of generated images with their captions as titles."""
+    """A figure of generated images with their whole captions, wrapped, as titles."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    wrapped = [wrap_caption(c) for c in captions]
+    lines = max((w.count("\n") + 1 for w in wrapped), default=1)
     rows = -(-len(images) // per_row)
-    fig, axes = plt.subplots(rows, per_row, figsize=(per_row * 1.4, rows * 1.6), squeeze=False)
+    fig, axes = plt.subplots(rows, per_row, figsize=(per_row * 1.5, rows * (1.4 + 0.12 * lines)), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, img, cap in zip(axes.flat, images, captions):
-        cap = "".join(ch if ch.isprintable() else "?" for ch in cap)  # generated text may hold control characters
+    for ax, img, cap in zip(axes.flat, images, wrapped):
         ax.imshow(img)
-        ax.set_title(cap if len(cap) <= 22 else cap[:20] + "…", fontsize=6)
+        ax.set_title(cap, fontsize=6)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
