@@ -43,6 +43,7 @@ from _flops import counted  # noqa: E402
 from latentbridge_demo.baselines.autoregressive import ARConfig, ARModel, encode_texts, load_ar, train_ar  # noqa: E402
 from latentbridge.pipeline import Pipeline  # noqa: E402
 from latentbridge.tasks import TaskMixture  # noqa: E402
+from latentbridge.train.metrics import read_metrics_file  # noqa: E402
 from latentbridge_demo.evaluate.continuation import cut_prompts  # noqa: E402
 from latentbridge_demo.evaluate.text import minilm_similarity, repetition_rate  # noqa: E402
 
@@ -98,15 +99,12 @@ def timed(fn):
 
 def train_seconds(run_dir: Path) -> float:
     """Training wall time of a run: the last elapsed_s of metrics.jsonl, summed over resumed segments (each restarts)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        raise SystemExit(f"text_vs_ar: {path} is missing; cannot read the training time of {run_dir}. "
-                         "Pass --ar-seconds to set the baseline's budget.")
+    rows = read_metrics_file(Path(run_dir) / "metrics.jsonl")
+    if not rows:
+        raise SystemExit(f"text_vs_ar: {run_dir}/metrics.jsonl is missing or empty; cannot read the training time of "
+                         f"{run_dir}. Pass --ar-seconds to set the baseline's budget.")
     total, last = 0.0, 0.0
-    for line in path.read_text().splitlines():
-        e = json.loads(line).get("elapsed_s")
-        if e is None:
-            continue
+    for e in (r["elapsed_s"] for r in rows if "elapsed_s" in r):
         if e < last:  # a resumed segment starts again at 0
             total += last
         last = e
@@ -185,7 +183,7 @@ def main() -> int:
               f"(at most {args.ar_steps} steps of {batch}) into {ar_dir}", file=sys.stderr)
         train_ar(ar, tok, lambda step: source.batch(step, batch, None)["text"], args.ar_steps, ar_dir, seconds=seconds)
     ar.eval()
-    ar_rows = [json.loads(line) for line in (ar_dir / "metrics.jsonl").read_text().splitlines()] if (ar_dir / "metrics.jsonl").is_file() else []
+    ar_rows = read_metrics_file(ar_dir / "metrics.jsonl")
     ar_train_s = ar_rows[-1]["elapsed_s"] if ar_rows else float("nan")
     ar_train_steps = ar_rows[-1]["step"] + 1 if ar_rows else 0
 
