@@ -146,13 +146,23 @@ class TrainConfig:
     row_length: PositiveInt | None = 256
     """Tokens per packed row (several examples share a row); null packs one example per row."""
     lr: NonNegativeFloat = 1e-3
-    """Peak AdamW learning rate."""
+    """Peak learning rate."""
+    optimizer: Literal["adamw", "muon"] = "adamw"
+    """`adamw`, or `muon`: torch.optim.Muon on the prior's transformer-block weight matrices and AdamW on the rest, one
+    lr for both (Muon's matched to AdamW's update size; latentbridge.train.optim). Codec pre-stages always use AdamW."""
+    muon_momentum: Annotated[float, Check(ge=0, lt=1)] = 0.95
+    """Muon's momentum (with train.optimizer muon)."""
     betas: tuple[Annotated[float, Check(ge=0, lt=1)], Annotated[float, Check(ge=0, lt=1)]] = (0.9, 0.95)
     """AdamW betas (Cola DLM: 0.9, 0.95)."""
     weight_decay: NonNegativeFloat = 0.01
-    """AdamW weight decay."""
+    """Weight decay."""
     warmup_steps: Count = 100
-    """Linear warm-up steps before cosine decay to zero."""
+    """Linear warm-up steps before the schedule."""
+    lr_schedule: Literal["cosine", "wsd", "constant"] = "cosine"
+    """After warm-up: `cosine` decay to zero, `wsd` (constant, then a linear cool-down to zero over the last
+    train.cooldown share of the steps) or `constant`."""
+    cooldown: Probability = 0.2
+    """Share of the steps the wsd schedule cools down over."""
     grad_clip: PositiveFloat = 1.0
     """Gradient norm clip."""
     cond_dropout: Annotated[float, Check(ge=0, lt=1)] = 0.1

@@ -15,7 +15,10 @@ way for every evaluator:
                       example keeps its own) and score against the *original* references, as "shuffled <score>";
                       a task without conditions keeps its generations and shuffles the references instead.
 
-So every score comes with its guidance sweep and its shuffled-condition control. An evaluator that does
+So every score comes with its guidance sweep and its shuffled-condition control. A score given per item
+(`PerItem`, or a plain list of per-item numbers) also gets its 95% interval: Wilson's for 0/1 values, else a
+seeded percentile bootstrap over the items (for a ratio such as a word error rate, weighted: errors / words).
+The report keeps the mean where a float would be and the intervals beside, under "ci95". An evaluator that does
 not score generated items (the prior's held-out fit, codec reconstruction) overrides `evaluate`.
 
     class DigitsEvaluator(Evaluator):
@@ -23,12 +26,13 @@ not score generated items (the prior's held-out fit, codec reconstruction) overr
         def sets(self):
             return [EvalSet("digits", {self.ctx.task.cond[0]: captions}, labels)]
         def score(self, eval_set, generated, references):
-            return {"accuracy": float((classify(generated) == tensor(references)).float().mean())}
+            return {"accuracy": PerItem(classify(generated) == tensor(references))}   # mean and 95% interval
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
@@ -49,6 +53,68 @@ def derangement(n: int, seed: int) -> list[int]:
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     successor = torch.roll(perm, -1)  # one cycle through all examples in a random order
     return successor[torch.argsort(perm)].tolist()  # example i gets the condition of the one after it in the cycle
+
+
+@dataclasses.dataclass
+class PerItem:
+    """A score given item by item: the score is the weighted mean sum(w v) / sum(w) (weights default to 1; a word
+    error rate: each item's edits / words with its word count as weight), and it gets a 95% interval (`interval`)."""
+
+    values: Any
+    weights: Any = None
+
+    def __post_init__(self) -> None:
+        self.values = [float(v) for v in torch.as_tensor(self.values, dtype=torch.float64).flatten().tolist()]
+        if self.weights is not None:
+            self.weights = [float(w) for w in torch.as_tensor(self.weights, dtype=torch.float64).flatten().tolist()]
+            if len(self.weights) != len(self.values) or min(self.weights, default=1.0) < 0:
+                raise ValueError(f"PerItem: {len(self.weights)} weights for {len(self.values)} values (weights are >= 0)")
+
+    @property
+    def mean(self) -> float:
+        if not self.values:
+            return float("nan")
+        w = self.weights or [1.0] * len(self.values)
+        return sum(a * b for a, b in zip(self.values, w)) / max(sum(w), 1e-12)
+
+    def interval(self, seed: int = 0, resamples: int = 2000) -> tuple[float, float]:
+        """95% interval of the score: Wilson's for unweighted 0/1 values, else the percentile bootstrap."""
+        n = len(self.values)
+        if n == 0:
+            return float("nan"), float("nan")
+        if self.weights is None and all(v in (0.0, 1.0) for v in self.values):
+            return wilson_interval(sum(self.values), n)
+        values = torch.tensor(self.values, dtype=torch.float64)
+        weights = torch.tensor(self.weights or [1.0] * n, dtype=torch.float64)
+        idx = torch.randint(0, n, (resamples, n), generator=torch.Generator().manual_seed(seed))
+        means = (values[idx] * weights[idx]).sum(1) / weights[idx].sum(1).clamp_min(1e-12)
+        lo, hi = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+        return lo, hi
+
+
+def wilson_interval(successes: float, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson's 95% score interval of a proportion successes / n."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def summarize(scores: Mapping[str, Any], seed: int = 0) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """An evaluator's scores -> (the figure of each, the 95% interval of each score given per item)."""
+    figures, intervals = {}, {}
+    for key, value in scores.items():
+        if isinstance(value, (list, tuple)) or (isinstance(value, torch.Tensor) and value.ndim > 0) or \
+                (hasattr(value, "ndim") and getattr(value, "ndim", 0) > 0):
+            value = PerItem(value)
+        if isinstance(value, PerItem):
+            figures[key] = value.mean
+            intervals[key] = [round(x, 6) for x in value.interval(seed + zlib.crc32(key.encode()) % 10_000)]
+        else:
+            figures[key] = value
+    return figures, intervals
 
 
 @dataclasses.dataclass
@@ -143,7 +209,8 @@ class Evaluator:
     def sets(self) -> list[EvalSet]:
         raise NotImplementedError(f"evaluator '{self.name}' defines neither sets() nor evaluate()")
 
-    def score(self, eval_set: EvalSet, generated: list, references: list) -> dict[str, float]:
+    def score(self, eval_set: EvalSet, generated: list, references: list) -> dict[str, Any]:
+        """Scores of the generations against the references: floats, or per item (PerItem or a list) for an interval."""
         raise NotImplementedError(f"evaluator '{self.name}' defines sets() but not score()")
 
     def write_samples(self, eval_set: EvalSet, generated: list, guidance: float) -> None:
@@ -158,11 +225,19 @@ class Evaluator:
         sets = [s for s in self.sets() if len(s)]
         rows["items"] = {s.label: len(s) for s in sets}
         has_cond = bool(ctx.task.cond)
+        intervals: dict[str, dict[str, list[float]]] = {}
         for g in ctx.guidance_scales if has_cond else [1.0]:
             row: dict[str, float] = {}
+            ci: dict[str, list[float]] = {}
+
+            def add(scores: Mapping[str, Any], prefix: str = "") -> None:
+                figures, found = summarize(scores, ctx.seed)
+                row.update({prefix + k: v for k, v in figures.items()})
+                ci.update({prefix + k: v for k, v in found.items()})
+
             for s in sets:
                 generated = ctx.generate(s.conditions, s.prompts, g)
-                row.update(self.score(s, generated, s.references))
+                add(self.score(s, generated, s.references))
                 self.write_samples(s, generated, g)
                 if not s.control or len(s) < 2:
                     continue
@@ -174,7 +249,11 @@ class Evaluator:
                     control = self.score(s, ctx.generate(shuffled, prompts, g), s.references)
                 else:
                     control = self.score(s, generated, [s.references[i] for i in order])
-                row.update({f"shuffled {k}": v for k, v in control.items()})
+                add(control, "shuffled ")
             rows[f"guidance {g:g}"] = row
+            if ci:
+                intervals[f"guidance {g:g}"] = ci
+        if intervals:
+            rows["ci95"] = intervals
         return rows
 

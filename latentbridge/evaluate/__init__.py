@@ -5,7 +5,7 @@
     latentbridge.evaluate.report               report.json (one reader/writer), report.md
 """
 
-from latentbridge.evaluator import EvalContext, EvalSet, Evaluator, derangement
+from latentbridge.evaluator import EvalContext, EvalSet, Evaluator, PerItem, derangement, wilson_interval
 from latentbridge.evaluate.metrics import mean_cov_error, mmd2
 
-__all__ = ["EvalContext", "EvalSet", "Evaluator", "derangement", "mean_cov_error", "mmd2"]
+__all__ = ["EvalContext", "EvalSet", "Evaluator", "PerItem", "derangement", "mean_cov_error", "mmd2", "wilson_interval"]

@@ -5,8 +5,8 @@
                                      shuffled controls), sample pictures and files, the loss curves
 
 Layout of report.json after `latentbridge eval`: {"guidance_scales", "samples_per_set", "eval_s",
-"tasks": {task: {"direction", "data", "eval_s", "<evaluator>": {scores...}}}} (plus "codecs" from
-codec-stage reports).
+"tasks": {task: {"direction", "data", "eval_s", "<evaluator>": {figures..., "guidance g": {score: value},
+"ci95": {"guidance g": {score: [low, high]}}}}}} (plus "codecs" from codec-stage reports).
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from typing import Any, Callable
 from latentbridge.train.metrics import read_metrics_file
 
 REPORT = "report.json"
+INTERVALS = "ci95"
+"""Key of an evaluator's 95% intervals in report.json: {"guidance g": {score: [low, high]}} (latentbridge.evaluator)."""
 
 
 def read_report(run_dir: str | Path) -> dict[str, Any]:
@@ -48,16 +50,24 @@ def _fmt(v: Any) -> str:
 
 
 def score_table(rows: dict[str, Any]) -> list[str]:
-    """Markdown table: one line per score, one column per guidance scale (shuffled controls beside)."""
+    """Markdown table: one line per score, one column per guidance scale (shuffled controls beside), each figure with
+    its 95% interval in brackets where the evaluator scored item by item."""
     scales = [k for k in rows if k.startswith("guidance ")]
     if not scales:
         return []
+    intervals = rows.get(INTERVALS, {})
+
+    def cell(scale: str, metric: str) -> str:
+        v = rows[scale].get(metric, "")
+        ci = intervals.get(scale, {}).get(metric)
+        return _fmt(v) + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
     metrics = list(dict.fromkeys(k for s in scales for k in rows[s] if not k.startswith("shuffled ")))
     head = "| score | " + " | ".join(f"g = {s.split()[1]}" for s in scales) + " | shuffled (control) |"
     lines = [head, "|---" * (len(scales) + 2) + "|"]
     for m in metrics:
-        vals = [_fmt(rows[s].get(m, "")) for s in scales]
-        ctrl = " / ".join(_fmt(rows[s][f"shuffled {m}"]) for s in scales if f"shuffled {m}" in rows[s])
+        vals = [cell(s, m) for s in scales]
+        ctrl = " / ".join(cell(s, f"shuffled {m}") for s in scales if f"shuffled {m}" in rows[s])
         lines.append(f"| {m} | " + " | ".join(vals) + f" | {ctrl or '—'} |")
     return lines
 
@@ -70,14 +80,15 @@ def write_markdown(run_dir: Path, name: str, report: dict[str, Any]) -> Path:
     """report.md: per task, each evaluator's figures and score table; the samples written for it; the loss curves."""
     lines = [f"# {name}: evaluation", "",
              f"{report['samples_per_set']} examples per set; guidance scales {report['guidance_scales']}; every conditional "
-             "score also with the condition shuffled over the examples (scored against the original references).", ""]
+             "score also with the condition shuffled over the examples (scored against the original references); "
+             "95% intervals in brackets (Wilson's for rates, else a bootstrap over the items).", ""]
     if (run_dir / "loss.png").is_file():
         lines += ["![training loss](loss.png)", ""]
     samples = run_dir / "samples"
     for task, rows in report["tasks"].items():
         lines += [f"## {task}: {rows.get('direction', '')} (data: {rows.get('data', '?')})", ""]
         for evaluator, scores in _evaluator_rows(rows).items():
-            extras = {k: v for k, v in scores.items() if not k.startswith("guidance ")}
+            extras = {k: v for k, v in scores.items() if not k.startswith("guidance ") and k != INTERVALS}
             lines += [f"**{evaluator}**", ""]
             if extras:
                 lines += [", ".join(f"{k}: {_fmt(v) if not isinstance(v, dict) else json.dumps(v)}" for k, v in extras.items()), ""]

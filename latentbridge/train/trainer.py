@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import importlib.util
 import json
-import math
 import os
 import shutil
 import signal
@@ -56,6 +56,7 @@ from latentbridge.train import parallel
 from latentbridge.train.feed import LocalBatch, example_generator
 from latentbridge.train.metrics import plot_losses, read_metrics_file
 from latentbridge.train.objective import BatchNoise, draw_noise, prior_loss
+from latentbridge.train.optim import build_optimizer, lr_schedule
 from latentbridge.train.signals import StopSignals
 
 STEP_PAUSE_ENV = "LATENTBRIDGE_STEP_PAUSE_S"  # fault injection for tests: sleep after each step (a kill lands between checkpoints)
@@ -66,14 +67,6 @@ ARCHITECTURE_KEYS = ("prior", "codecs", "task", "train.stage", "train.codec_role
 
 class TrainingError(LatentbridgeError):
     """Training cannot go on (a NaN loss, an incompatible resume)."""
-
-
-def lr_schedule(step: int, warmup: int, total: int) -> float:
-    """Linear warm-up, then cosine decay to zero (a multiplier of the peak rate)."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 class StageLoss(nn.Module):
@@ -269,8 +262,10 @@ class Trainer:
                 if self.ema is not None:
                     parallel.fsdp_shard(self.ema.module, self.acc.device, t.mixed_precision)
         # after sharding: under FSDP the optimizer holds the sharded parameters
-        self._opt = torch.optim.AdamW(self.module.trainable.parameters(), lr=self.lr, betas=t.betas, weight_decay=t.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self._opt, lambda s: lr_schedule(s, t.warmup_steps, self.steps))
+        opt_cfg = t if self.stage in ("prior", "joint") else dataclasses.replace(t, optimizer="adamw")  # codecs: AdamW
+        self._opt = build_optimizer(self.module.trainable.named_parameters(), opt_cfg, self.lr, sharded=self.sharded)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self._opt, lambda s: lr_schedule(s, t.warmup_steps, self.steps, t.lr_schedule, t.cooldown))
         if self.fsdp:
             self.wrapped, self.optimizer = self.module, self.acc.prepare(self._opt)
         else:
@@ -359,6 +354,10 @@ class Trainer:
         except ConfigError:
             pass
         new = to_dict(self.cfg)
+        if (_get(old, "train.optimizer") or "adamw") != _get(new, "train.optimizer"):
+            raise CheckpointError(f"cannot resume {path}: its optimizer state is {_get(old, 'train.optimizer') or 'adamw'}'s, the "
+                                  f"config now asks for train.optimizer {_get(new, 'train.optimizer')}. Resume with the original "
+                                  "optimizer, or start a new run with --init-from for the weights.")
         changed = [k for k in ARCHITECTURE_KEYS if _get(old, k) != _get(new, k)]
         if changed:
             lines = "; ".join(f"{k}: checkpoint {_get(old, k)!r} vs now {_get(new, k)!r}" for k in changed)

@@ -82,6 +82,10 @@ class ImageOptions:
     scene_objects: list[str] | None = None
     """The emoji scenes draw from, by name (null: all 32 of latentbridge_demo.data.images.SCENE_VOCABULARY; fewer are
     learned sooner)."""
+    held_out_combinations: int | None = None
+    """How many 2-3 emoji combinations of `scene_objects` only the test split shows (exactly; a quarter as many more for
+    validation): the held-out scenes captioned -> image is scored on. Null: 10% of all combinations, by a hash of
+    their names (8 emoji make 84 combinations, so about 8)."""
 
 
 class ImageData(ItemDataset):
@@ -111,9 +115,11 @@ class ImageData(ItemDataset):
         if split == "photos":
             images, captions = load_photos(c.image_size)
         elif split in IMAGE_SOURCES:
-            images, captions = load_images([split], "test", c.image_size, c.scenes, scene_objects=c.scene_objects)
+            images, captions = load_images([split], "test", c.image_size, c.scenes, scene_objects=c.scene_objects,
+                                           held_out=c.held_out_combinations)
         else:
-            images, captions = load_images(self.sources, split, c.image_size, c.scenes, scene_objects=c.scene_objects)
+            images, captions = load_images(self.sources, split, c.image_size, c.scenes, scene_objects=c.scene_objects,
+                                           held_out=c.held_out_combinations)
         return {"image": list(images), "caption": list(captions)}
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from latentbridge.evaluate import EvalSet, Evaluator
+from latentbridge.evaluate import EvalSet, Evaluator, PerItem
 
 
 def _norm(text: str) -> str:
@@ -58,10 +58,10 @@ class CaptionToImage(Evaluator):
         self.digit_labels = [i % 10 for i in range(max(10, k))] if "digits" in trained_on else []
         self.digit_captions = [f"a handwritten digit {DIGIT_NAMES[d]}" for d in self.digit_labels]
         # held-out combinations of 2-3 emoji, and as a diagnostic (fit, not generalisation) combinations seen in training
-        vocabulary = opts.scene_objects
+        vocabulary, held = opts.scene_objects, opts.held_out_combinations
         scenes = "scenes" in trained_on
-        real, self.scene_captions, self.scene_truth = multi_object_scenes(size, "test", max(8, k), vocabulary) if scenes else ([], [], [])
-        _, self.seen_captions, self.seen_truth = multi_object_scenes(size, "train", max(8, k), vocabulary) if scenes else ([], [], [])
+        real, self.scene_captions, self.scene_truth = multi_object_scenes(size, "test", max(8, k), vocabulary, held) if scenes else ([], [], [])
+        _, self.seen_captions, self.seen_truth = multi_object_scenes(size, "train", max(8, k), vocabulary, held) if scenes else ([], [], [])
         _, real_ok = self.checker.check(real, self.scene_truth)
         codec = ctx.codecs[image_role]
         _, recon_ok = self.checker.check(codec.decode(codec.encode_items(real, sample=False)), self.scene_truth) if real else ([], [])
@@ -85,9 +85,9 @@ class CaptionToImage(Evaluator):
         label = eval_set.label
         if label.startswith("emoji"):
             ranks = self.retrieval.ranks(generated, references)
-            return {f"{label} top1": float((ranks < 1).float().mean()), f"{label} top5": float((ranks < 5).float().mean())}
+            return {f"{label} top1": PerItem(ranks < 1), f"{label} top5": PerItem(ranks < 5)}
         if label == "digits":
-            return {"digit accuracy": float((self.classifier.predict(generated) == torch.tensor(references)).float().mean())}
+            return {"digit accuracy": PerItem(self.classifier.predict(generated) == torch.tensor(references))}
         scores = scene_scores(self.checker, generated, references)
         if label == "scenes (seen combinations)":
             return {f"{k} (seen combinations)": v for k, v in scores.items() if k in ("scene arrangement", "scene objects placed")}
@@ -134,7 +134,8 @@ class ImageToCaption(Evaluator):
             digit_images, digit_captions = load_images(["digits"], "test", size)
             found["digits (held-out images)"] = (list(digit_images[: n // 2]), digit_captions[: n // 2])
         if "scenes" in trained_on:
-            scene_images, scene_captions, _ = load_scenes(size, "test", max(8, n // 2), vocabulary=opts.scene_objects)
+            scene_images, scene_captions, _ = load_scenes(size, "test", max(8, n // 2), vocabulary=opts.scene_objects,
+                                                    held_out=opts.held_out_combinations)
             found["scenes (held-out)"] = (list(scene_images[: n // 2]), scene_captions[: n // 2])
         self.grid_set = next(iter(found), None)
         return [EvalSet(label, {role: images}, truth, control_seed=ctx.seed + 5) for label, (images, truth) in found.items()]
@@ -143,8 +144,8 @@ class ImageToCaption(Evaluator):
         from latentbridge_demo.evaluate.text import minilm_similarity
 
         label = eval_set.label
-        return {f"{label} exact": float(np.mean([_norm(o) == _norm(t) for o, t in zip(generated, references)])),
-                f"{label} minilm": float(minilm_similarity(generated, references).mean())}
+        return {f"{label} exact": PerItem([_norm(o) == _norm(t) for o, t in zip(generated, references)]),
+                f"{label} minilm": PerItem(minilm_similarity(generated, references))}
 
     def write_samples(self, eval_set: EvalSet, generated: list, guidance: float) -> None:
         from latentbridge_demo.evaluate.images import caption_grid
@@ -158,6 +159,17 @@ class ImageToCaption(Evaluator):
             caption_grid(images[:24], [f"→ {o}" for o in generated[:24]], folder / f"{task}_g{guidance:g}.png")
 
 
+def _held_out_speech(ctx) -> tuple[list, list[str]]:
+    """Clips no training step saw, with their text: the test split, then the validation split (more items, narrower
+    intervals: a closed vocabulary holds out few renditions of each word)."""
+    waves, texts = [], []
+    for split in ("test", "validation"):
+        held = ctx.dataset.split(split)
+        waves += list(held[ctx.dataset.field("audio")])
+        texts += list(held[ctx.dataset.field("text")])
+    return waves, texts
+
+
 class TextToSpeech(Evaluator):
     name = "text-to-speech"
     cond, target, datasets = ("text",), "audio", ("speech",)
@@ -167,8 +179,7 @@ class TextToSpeech(Evaluator):
         from latentbridge_demo.evaluate.speech import WordRecognizer, pronounceable, word_error_rate
 
         ctx = self.ctx
-        held = ctx.dataset.split("test")
-        waves, texts = held[ctx.dataset.field("audio")], held[ctx.dataset.field("text")]
+        waves, texts = _held_out_speech(ctx)
         keep = [i for i, ok in enumerate(pronounceable(texts)) if ok][: ctx.samples]
         self.waves, self.texts = [waves[i] for i in keep], [texts[i] for i in keep]
         codec = ctx.codecs[ctx.task.target]
@@ -183,10 +194,10 @@ class TextToSpeech(Evaluator):
         return [EvalSet("speech", {self.ctx.task.cond[0]: self.texts}, self.texts, control_seed=self.ctx.seed + 6)]
 
     def score(self, eval_set: EvalSet, generated: list, references: list) -> dict[str, float]:
-        from latentbridge_demo.evaluate.speech import word_error_rate
+        from latentbridge_demo.evaluate.speech import word_errors
 
         self.heard = self.asr.transcribe(generated)
-        return {"WER": word_error_rate(references, self.heard)}
+        return {"WER": word_errors(references, self.heard)}
 
     def write_samples(self, eval_set: EvalSet, generated: list, guidance: float) -> None:
         from latentbridge_demo.evaluate.media import save_wav
@@ -204,15 +215,14 @@ class SpeechToText(Evaluator):
 
     def sets(self) -> list[EvalSet]:
         ctx = self.ctx
-        held = ctx.dataset.split("test", ctx.samples)
-        waves, texts = held[ctx.dataset.field("audio")], held[ctx.dataset.field("text")]
-        return [EvalSet("speech", {ctx.task.cond[0]: waves}, texts, control_seed=ctx.seed + 7)]
+        waves, texts = _held_out_speech(ctx)
+        return [EvalSet("speech", {ctx.task.cond[0]: waves[: ctx.samples]}, texts[: ctx.samples], control_seed=ctx.seed + 7)]
 
     def score(self, eval_set: EvalSet, generated: list, references: list) -> dict[str, float]:
-        from latentbridge_demo.evaluate.speech import word_error_rate
+        from latentbridge_demo.evaluate.speech import word_errors
 
-        return {"word accuracy": float(np.mean([_norm(o) == _norm(t) for o, t in zip(generated, references)])),
-                "WER": word_error_rate(references, generated)}
+        return {"word accuracy": PerItem([_norm(o) == _norm(t) for o, t in zip(generated, references)]),
+                "WER": word_errors(references, generated)}
 
     def write_samples(self, eval_set: EvalSet, generated: list, guidance: float) -> None:
         path = self.ctx.samples_dir() / f"{self.ctx.task.name}_g{guidance:g}.txt"
@@ -237,7 +247,7 @@ class TextContinuation(Evaluator):
         from latentbridge_demo.evaluate.text import minilm_similarity
 
         whole = [p + o for p, o in zip(eval_set.prompts, generated)]  # continuations carry their own leading space
-        return {"minilm to own reference": float(minilm_similarity(whole, references).mean())}
+        return {"minilm to own reference": PerItem(minilm_similarity(whole, references))}
 
     def write_samples(self, eval_set: EvalSet, generated: list, guidance: float) -> None:
         path = self.ctx.samples_dir() / f"{self.ctx.task.name}_continuations.txt"

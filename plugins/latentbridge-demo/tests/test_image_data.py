@@ -105,3 +105,21 @@ def test_image_source_pairs_images_with_captions():
     assert set(test["caption"]).isdisjoint({c for c in src.train["caption"] if not c.startswith("a handwritten")})
     with pytest.raises(ConfigError, match="unknown image source"):
         ImageData(ImageOptions(sources=["emojis"]), seed=0)
+
+
+def test_an_exact_number_of_combinations_is_held_out(tmp_path, monkeypatch):
+    """held_out_combinations: 24 of the 84 pairs and triples of 8 emoji appear only in the test split, 6 only in
+    validation; the scorer sees all 24 (the default hash split holds out about 8)."""
+    monkeypatch.setenv("LATENTBRIDGE_CACHE", str(tmp_path))
+    eight = ["frog", "tomato", "grapes", "lemon", "penguin", "bear", "pig", "carrot"]
+    combos = {split: {frozenset(o.name for o in s.objects) for s in im.scenes(split, 2000, vocabulary=eight, held_out=24)
+                      if len(s.objects) > 1} for split in ("train", "validation", "test")}
+    assert (len(combos["test"]), len(combos["validation"]), len(combos["train"])) == (24, 6, 54)
+    assert not combos["test"] & combos["train"] and not combos["validation"] & combos["train"]
+    default = {frozenset(o.name for o in s.objects) for s in im.scenes("test", 2000, vocabulary=eight) if len(s.objects) > 1}
+    assert len(default) < 20  # why the option exists
+    images, _, truth = im.load_scenes(32, "test", 5, vocabulary=eight, held_out=24)
+    assert [s.caption for s in truth] == [s.caption for s in im.scenes("test", 5, vocabulary=eight, held_out=24)]
+    assert len(list(tmp_path.glob("scenes_32_test_5_0_*_h24.npz"))) == 1  # cached apart from the hash split's
+    with pytest.raises(ConfigError, match="held_out_combinations: 80 .* leaves no combination .* hold out fewer"):
+        im.scenes("train", 5, vocabulary=eight, held_out=80)

@@ -86,6 +86,9 @@ def test_eval_scores_every_task_with_controls_and_writes_the_report(run, capsys)
         for g in ("guidance 1", "guidance 2"):
             for k in keys:
                 assert k in tasks[name][evaluator][g] and f"shuffled {k}" in tasks[name][evaluator][g], (name, g, k)
+                for key in (k, f"shuffled {k}"):  # every score with its 95% interval around it
+                    lo, hi = tasks[name][evaluator]["ci95"][g][key]
+                    assert lo <= tasks[name][evaluator][g][key] <= hi, (name, g, key)
     c2i = tasks["caption_to_image"]["caption-to-image"]
     assert not any("emoji" in k for k in c2i["guidance 1"])  # the demo's images are scenes and digits
     assert 0.0 <= tasks["text_to_speech"]["text-to-speech"]["real clips WER"] < 0.5  # the recognizer hears real flite speech
@@ -189,11 +192,13 @@ def test_multi_object_scenes_are_held_out_combinations_scored_by_kind():
     assert all(len(s.objects) > 1 for s in truth + seen)
     assert not {_combination(s) for s in truth} & {_combination(s) for s in seen}
     checker = SceneChecker(32, few)
-    right = scene_scores(checker, images, truth)
+    right = {k: v.mean for k, v in scene_scores(checker, images, truth).items()}
     assert {"scene arrangement", "scene objects placed", "scene arrangement (pairs)", "scene arrangement (rows of three)"} <= set(right)
     assert right["scene arrangement (pairs)"] == right["scene arrangement (rows of three)"] == 1.0
     wrong = scene_scores(checker, [images[i] for i in _shuffled(32, 0)], truth)
-    assert wrong["scene arrangement"] < 0.2 and wrong["scene objects placed"] < 0.5
+    assert wrong["scene arrangement"].mean < 0.2 and wrong["scene objects placed"].mean < 0.5
+    placed, _ = checker.check([images[i] for i in _shuffled(32, 0)], truth)
+    assert wrong["scene objects placed"].mean == pytest.approx(sum(placed) / len(placed))  # the share of all objects
 
 
 def test_pretrained_codec_with_config_overrides(tmp_path, autoload_plugins):

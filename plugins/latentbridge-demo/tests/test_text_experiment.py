@@ -55,7 +55,9 @@ def test_prior_stage_then_prompted_generation_stops_and_writes_samples(codec_run
     text = json.loads((run / "report.json").read_text())["tasks"]["text"]
     row = text["text-continuation"]["guidance 1"]
     assert {"minilm to own reference", "shuffled minilm to own reference"} <= set(row)
-    assert list(text["text-continuation"]) == ["items", "guidance 1"]  # no condition: no guidance sweep
+    assert list(text["text-continuation"]) == ["items", "guidance 1", "ci95"]  # no condition: no guidance sweep
+    ci = text["text-continuation"]["ci95"]["guidance 1"]["minilm to own reference"]
+    assert ci[0] <= row["minilm to own reference"] <= ci[1]  # the 95% interval beside the score
     assert (run / "samples" / "text_continuations.txt").read_text().count(" >>> ") == text["text-continuation"]["items"]["continuation"]
 
 

@@ -100,8 +100,37 @@ class Scene:
     """For two emoji: how the first named stands to the second (above, below, to the left of, to the right of)."""
 
 
-def _scene_split(names: Sequence[str]) -> str | None:
-    return None if len(names) == 1 else hash_split("+".join(sorted(names)), (0.8, 0.9))
+def _combination_key(names: Sequence[str]) -> str:
+    return "+".join(sorted(names))
+
+
+@lru_cache(maxsize=16)
+def _held_out_combinations(vocabulary: tuple[str, ...], n: int) -> dict[str, str]:
+    """The split of every 2- and 3-emoji combination of `vocabulary` when exactly n are held out: all combinations
+    ranked by a hash of their names, the first n test, the next max(1, n // 4) validation, the rest train."""
+    import itertools
+
+    combos = [_combination_key(c) for k in (2, 3) for c in itertools.combinations(vocabulary, k)]
+    if n + max(1, n // 4) >= len(combos):
+        raise ConfigError(f"held_out_combinations: {n} (and {max(1, n // 4)} for validation) leaves no combination of the "
+                          f"{len(vocabulary)} scene emoji ({len(combos)} in all) to train on; hold out fewer")
+    ranked = sorted(combos, key=lambda c: hashlib.sha1(c.encode()).digest())
+    return {c: "test" if i < n else "validation" if i < n + max(1, n // 4) else "train" for i, c in enumerate(ranked)}
+
+
+def _scene_split(names: Sequence[str], vocabulary: tuple[str, ...] = SCENE_VOCABULARY, held_out: int | None = None) -> str | None:
+    """None for a single emoji (every split); else the split of the combination: a hash of its names, 80 / 10 / 10,
+    or with `held_out` exactly that many combinations of `vocabulary` in the test split (_held_out_combinations)."""
+    if len(names) == 1:
+        return None
+    if held_out is None:
+        return hash_split(_combination_key(names), (0.8, 0.9))
+    return _held_out_combinations(tuple(vocabulary), int(held_out))[_combination_key(names)]
+
+
+def held_out_tag(held_out: int | None) -> str:
+    """'' for the 80/10/10 hash split, else '_h' + the count (for cache file names)."""
+    return "" if held_out is None else f"_h{int(held_out)}"
 
 
 def make_scene(rng: np.random.Generator, vocabulary: Sequence[str] = SCENE_VOCABULARY) -> Scene:
@@ -125,16 +154,17 @@ def make_scene(rng: np.random.Generator, vocabulary: Sequence[str] = SCENE_VOCAB
     return Scene(objs, f"{_article(names[0])}, {_article(names[1])} and {_article(names[2])} in a row")
 
 
-def scenes(split: str, n: int, seed: int = 0, vocabulary: Sequence[str] | None = None) -> list[Scene]:
-    """The first n scenes of `split` drawn from `vocabulary` (null: all 32 emoji); deterministic: a pure
-    function of the arguments."""
+def scenes(split: str, n: int, seed: int = 0, vocabulary: Sequence[str] | None = None,
+           held_out: int | None = None) -> list[Scene]:
+    """The first n scenes of `split` drawn from `vocabulary` (null: all 32 emoji), with `held_out` combinations in
+    the test split (null: 10% of them, by a hash); deterministic: a pure function of the arguments."""
     _check_split(split, SPLITS)
     vocabulary = scene_vocabulary(vocabulary)
     rng = np.random.default_rng([seed, SCENE_SEEDS[split]])
     out: list[Scene] = []
     while len(out) < n:
         scene = make_scene(rng, vocabulary)
-        s = _scene_split([o.name for o in scene.objects])
+        s = _scene_split([o.name for o in scene.objects], vocabulary, held_out)
         if s is None or s == split:
             out.append(scene)
     return out
@@ -169,16 +199,16 @@ def render_scene(scene: Scene, size: int) -> np.ndarray:
 
 
 def load_scenes(size: int = 32, split: str = "train", n: int = 4000, seed: int = 0,
-                vocabulary: Sequence[str] | None = None) -> tuple[np.ndarray, list[str], list[Scene]]:
-    """n scenes of `split` from `vocabulary` (null: all 32 emoji) rendered at size x size (cached): images,
-    captions and the recorded truth."""
-    chosen = scenes(split, n, seed, vocabulary)
+                vocabulary: Sequence[str] | None = None, held_out: int | None = None) -> tuple[np.ndarray, list[str], list[Scene]]:
+    """n scenes of `split` from `vocabulary` (null: all 32 emoji; `held_out` as in `scenes`) rendered at size x size
+    (cached): images, captions and the recorded truth."""
+    chosen = scenes(split, n, seed, vocabulary, held_out)
 
     def build():
         images = np.stack([render_scene(s, size) for s in chosen])
         return {"images": images}
 
-    images = cached_npz(f"scenes_{size}_{split}_{n}_{seed}{vocabulary_tag(vocabulary)}.npz", build)["images"]
+    images = cached_npz(f"scenes_{size}_{split}_{n}_{seed}{vocabulary_tag(vocabulary)}{held_out_tag(held_out)}.npz", build)["images"]
     return images, [s.caption for s in chosen], chosen
 
 
@@ -270,11 +300,12 @@ def load_photos(size: int = 32) -> tuple[np.ndarray, list[str]]:
 
 
 def load_images(sources: Sequence[str], split: str, size: int = 32, scenes_per_split: int = 4000,
-                seed: int = 0, scene_objects: Sequence[str] | None = None) -> tuple[np.ndarray, list[str]]:
+                seed: int = 0, scene_objects: Sequence[str] | None = None,
+                held_out: int | None = None) -> tuple[np.ndarray, list[str]]:
     """Images and captions of `split` from the named sources (emoji, scenes, digits), concatenated.
 
     Held-out scene splits hold scenes_per_split // 20 scenes, drawn like the training ones from
-    `scene_objects` (null: all 32 scene emoji)."""
+    `scene_objects` (null: all 32 scene emoji), `held_out` of their 2-3 emoji combinations in the test split (null: 10%)."""
     _check_split(split, SPLITS)
     unknown = [s for s in sources if s not in IMAGE_SOURCES]
     if unknown or not sources:
@@ -285,7 +316,7 @@ def load_images(sources: Sequence[str], split: str, size: int = 32, scenes_per_s
             im, cap = load_emoji(size, split)
         elif src == "scenes":
             im, cap, _ = load_scenes(size, split, scenes_per_split if split == "train" else max(1, scenes_per_split // 20), seed,
-                                    scene_objects)
+                                    scene_objects, held_out)
         else:
             im, cap, _ = load_digits(size, split)
         images.append(im)

@@ -148,30 +148,36 @@ def _combination(scene) -> tuple[str, ...]:
     return tuple(sorted(o.name for o in scene.objects))
 
 
-def multi_object_scenes(size: int, split: str, n: int, vocabulary: Sequence[str] | None) -> tuple[list[np.ndarray], list[str], list[Any]]:
+def multi_object_scenes(size: int, split: str, n: int, vocabulary: Sequence[str] | None,
+                        held_out: int | None = None) -> tuple[list[np.ndarray], list[str], list[Any]]:
     """The first n scenes of `split` with 2-3 emoji (images, captions, truth). In the test split these are the
     held-out combinations; single-emoji scenes (in every split) are skipped, so enough scenes are drawn to hold n."""
     from latentbridge_demo.data.images import load_scenes, scenes
 
     drawn, found = 0, 0
-    for drawn, scene in enumerate(scenes(split, 16 * n, vocabulary=vocabulary), 1):  # no rendering: how many to load
+    for drawn, scene in enumerate(scenes(split, 16 * n, vocabulary=vocabulary, held_out=held_out), 1):  # how many to load
         found += len(scene.objects) > 1
         if found == n:
             break
-    images, captions, truth = load_scenes(size, split, drawn, vocabulary=vocabulary)
+    images, captions, truth = load_scenes(size, split, drawn, vocabulary=vocabulary, held_out=held_out)
     multi = [i for i, sc in enumerate(truth) if len(sc.objects) > 1]
     return [images[i] for i in multi], [captions[i] for i in multi], [truth[i] for i in multi]
 
 
-def scene_scores(checker: SceneChecker, images: Sequence[np.ndarray], truth: Sequence[Any]) -> dict[str, float]:
-    """Scene arrangement (all of a scene's emoji right), by kind (pairs, rows of three) and per object."""
+def scene_scores(checker: SceneChecker, images: Sequence[np.ndarray], truth: Sequence[Any]) -> dict[str, Any]:
+    """Scene arrangement (all of a scene's emoji right), by kind (pairs, rows of three), and objects placed (the share
+    of all objects; its interval resamples whole scenes), item by item (PerItem: the mean and a 95% interval)."""
+    from latentbridge.evaluate import PerItem
+
     objects, whole = checker.check(images, truth)
     kinds = np.array([len(s.objects) for s in truth])
     whole = np.array(whole, dtype=float)
-    out = {"scene arrangement": float(whole.mean()), "scene objects placed": float(np.mean(objects))}
+    per_scene = np.split(np.array(objects, dtype=float), np.cumsum(kinds)[:-1]) if len(kinds) else []
+    out = {"scene arrangement": PerItem(whole),
+           "scene objects placed": PerItem([o.mean() for o in per_scene], kinds)}
     for k, label in ((2, "pairs"), (3, "rows of three")):
         if (kinds == k).any():
-            out[f"scene arrangement ({label})"] = float(whole[kinds == k].mean())
+            out[f"scene arrangement ({label})"] = PerItem(whole[kinds == k])
     return out
 
 

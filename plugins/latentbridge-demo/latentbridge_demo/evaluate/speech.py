@@ -48,6 +48,17 @@ def word_error_rate(refs: Sequence[str], hyps: Sequence[str]) -> float:
     return edits / max(1, total)
 
 
+def word_errors(refs: Sequence[str], hyps: Sequence[str]):
+    """The word error rate item by item, for its interval: each item's edits / reference words, weighted by its words
+    (the weighted mean is word_error_rate)."""
+    from latentbridge.evaluate import PerItem
+
+    if len(refs) != len(hyps):
+        raise ValueError(f"word_errors: {len(refs)} references but {len(hyps)} hypotheses")
+    words = [max(1, len(_words(r))) for r in refs]
+    return PerItem([edit_distance(_words(r), _words(h)) / n for r, h, n in zip(refs, hyps, words)], words)
+
+
 @lru_cache(maxsize=1)
 def _dictionary() -> frozenset[str]:
     from pocketsphinx import get_model_path

@@ -1,0 +1,104 @@
+"""Optimizers and learning-rate schedules of a training stage.
+
+    build_optimizer(named_params, train_cfg)   AdamW, or Muon on the transformer blocks' weight matrices with AdamW
+                                               on everything else (train.optimizer)
+    lr_schedule(step, warmup, total, kind)     the multiplier of the peak rate: linear warm-up, then cosine decay
+                                               to zero, or warm-up, constant and a linear cool-down (wsd)
+
+Muon (torch.optim.Muon) orthogonalizes each 2-D update by a Newton-Schulz iteration, so it only takes matrices; the
+embeddings, the input and output projections, norms and biases stay with AdamW (the recipe of Muon's authors and of
+Cola DLM's public training scripts). Its learning rate is matched to AdamW's update size (adjust_lr_fn
+"match_rms_adamw", as in Moonlight), so one `train.lr` and one schedule drive both halves.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+import torch
+from torch import Tensor
+
+from latentbridge.errors import ConfigError
+
+LR_SCHEDULES = ("cosine", "wsd", "constant")
+
+
+def lr_schedule(step: int, warmup: int, total: int, kind: str = "cosine", cooldown: float = 0.2) -> float:
+    """Multiplier of the peak learning rate at `step` (0-based) of `total`: a linear warm-up over `warmup` steps, then
+    `cosine` decay to zero, `wsd` (constant, then a linear cool-down to zero over the last `cooldown` share of the
+    steps) or `constant`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if kind == "constant":
+        return 1.0
+    if kind == "wsd":
+        start = max(warmup, total - round(cooldown * total))
+        return 1.0 if step < start else max(0.0, (total - step) / max(1, total - start))
+    if kind == "cosine":
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    raise ConfigError(f"train.lr_schedule: unknown schedule {kind!r}; use {', '.join(LR_SCHEDULES)}")
+
+
+def muon_parameter(name: str, p: Tensor) -> bool:
+    """Whether Muon updates this parameter: a weight matrix inside a transformer block (`blocks.` in its name)."""
+    return p.ndim == 2 and ".blocks." in f".{name}"
+
+
+class MuonWithAdamW(torch.optim.Optimizer):
+    """torch.optim.Muon on some parameters and torch.optim.AdamW on the rest, as one optimizer: one list of parameter
+    groups (a learning-rate scheduler scales both), one state (one state dict to checkpoint and resume)."""
+
+    def __init__(self, muon_params: list[Tensor], adamw_params: list[Tensor], *, lr: float, betas: tuple[float, float],
+                 weight_decay: float, momentum: float = 0.95) -> None:
+        if not muon_params:
+            raise ConfigError("train.optimizer muon: the model has no weight matrices in transformer blocks for Muon")
+        self.muon = torch.optim.Muon(muon_params, lr=lr, weight_decay=weight_decay, momentum=momentum,
+                                     adjust_lr_fn="match_rms_adamw")
+        self.adamw = torch.optim.AdamW(adamw_params, lr=lr, betas=betas, weight_decay=weight_decay) if adamw_params else None
+        super().__init__([*self.muon.param_groups, *(self.adamw.param_groups if self.adamw else [])], {})  # their own groups
+        self._link()
+
+    def _link(self) -> None:
+        """The parts share this optimizer's groups and state (after __init__ and after load_state_dict)."""
+        self.muon.param_groups = self.param_groups[:1]
+        self.muon.state = self.state
+        if self.adamw is not None:
+            self.adamw.param_groups = self.param_groups[1:]
+            self.adamw.state = self.state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        if "muon" in self.__dict__:
+            self._link()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._link()
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.muon.step()
+        if self.adamw is not None:
+            self.adamw.step()
+        return loss
+
+
+def build_optimizer(named_params: Iterable[tuple[str, Tensor]], t: Any, lr: float, *, sharded: bool = False) -> torch.optim.Optimizer:
+    """The optimizer of `train.optimizer` over the trainable parameters (t: the train config section)."""
+    named = [(n, p) for n, p in named_params if p.requires_grad]
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW([p for _, p in named], lr=lr, betas=t.betas, weight_decay=t.weight_decay)
+    if t.optimizer == "muon":
+        if sharded:
+            raise ConfigError("train.optimizer muon does not run under FSDP with more than one process (Muon needs each "
+                              "weight matrix whole); use train.parallel: ddp, or train.optimizer: adamw")
+        muon = [p for n, p in named if muon_parameter(n, p)]
+        rest = [p for n, p in named if not muon_parameter(n, p)]
+        return MuonWithAdamW(muon, rest, lr=lr, betas=t.betas, weight_decay=t.weight_decay, momentum=t.muon_momentum)
+    raise ConfigError(f"train.optimizer: unknown optimizer {t.optimizer!r}; use adamw or muon")

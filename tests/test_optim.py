@@ -1,0 +1,110 @@
+"""Optimizers and schedules: Muon on the blocks' matrices with AdamW on the rest, exact resume, the lr schedules."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from latentbridge.build import build_prior
+from latentbridge.config import load_config
+from latentbridge.errors import CheckpointError, ConfigError
+from latentbridge.plugins import build_registries, make_plugin_manager
+from latentbridge.sequence import SequenceLayout
+from latentbridge.train.experiment import train
+from latentbridge.train.optim import MuonWithAdamW, build_optimizer, lr_schedule, muon_parameter
+
+from test_trainer import CONFIG, SMALL, assert_same_checkpoint, losses
+
+MUON = SMALL + ["--train.optimizer=muon"]
+
+
+@pytest.fixture(scope="module")
+def reg():
+    return build_registries(make_plugin_manager(autoload=True))
+
+
+def _prior(reg, overrides=()):
+    from latentbridge.build import build_codecs
+
+    cfg = load_config(CONFIG, [*SMALL, *overrides])
+    codecs = build_codecs(cfg, reg)
+    layout = SequenceLayout.from_specs({r: c.latent_spec for r, c in codecs.items()})
+    torch.manual_seed(0)
+    return cfg, build_prior(cfg, layout, reg)
+
+
+def test_lr_schedules_warm_up_then_decay_to_zero():
+    cos = [lr_schedule(s, 10, 100) for s in range(100)]
+    wsd = [lr_schedule(s, 10, 100, "wsd", 0.2) for s in range(100)]
+    assert cos[0] == wsd[0] == pytest.approx(0.1) and cos[9] == wsd[9] == 1.0
+    assert all(a >= b for a, b in zip(cos[9:], cos[10:])) and cos[-1] < 1e-3
+    assert all(v == 1.0 for v in wsd[10:80])  # constant until the cool-down ...
+    assert [round(v, 3) for v in wsd[80:]] == [round((100 - s) / 20, 3) for s in range(80, 100)]  # ... then linear to zero
+    assert lr_schedule(99, 10, 100, "constant") == 1.0
+    with pytest.raises(ConfigError, match="unknown schedule 'step'; use cosine, wsd, constant"):
+        lr_schedule(50, 10, 100, "step")
+
+
+def test_muon_takes_the_block_matrices_and_adamw_the_rest(reg):
+    cfg, prior = _prior(reg, ["--train.optimizer=muon"])
+    opt = build_optimizer(prior.named_parameters(), cfg.train, 1e-3)
+    assert isinstance(opt, MuonWithAdamW)
+    muon_ids = {id(p) for p in opt.param_groups[0]["params"]}
+    for name, p in prior.named_parameters():
+        expected = p.ndim == 2 and name.startswith("blocks.")
+        assert (id(p) in muon_ids) == expected, name
+        assert muon_parameter(name, p) == expected
+    assert len(muon_ids) > 0 and sum(len(g["params"]) for g in opt.param_groups) == len(list(prior.parameters()))
+
+
+def test_a_muon_step_is_an_orthogonalized_update_and_adamw_takes_the_rest():
+    """Muon's first update of a matrix is the gradient orthogonalized (Newton-Schulz): its strong directions, 10:1 in
+    the gradient, come out nearly equal; AdamW's first step (lr * sign(grad)) keeps them 2.5:1 or worse. The vector
+    parameter gets AdamW's first step. Fails if the matrices go to AdamW."""
+    torch.manual_seed(0)
+    u, _ = torch.linalg.qr(torch.randn(32, 4))
+    v, _ = torch.linalg.qr(torch.randn(48, 4))
+    g = u @ torch.diag(torch.tensor([10.0, 5.0, 2.0, 1.0])) @ v.T + 1e-3 * torch.randn(32, 48)
+
+    def first_update(opt_for):
+        w, bias = torch.nn.Parameter(torch.zeros(32, 48)), torch.nn.Parameter(torch.zeros(32))
+        opt = opt_for(w, bias)
+        w.grad, bias.grad = g.clone(), torch.linspace(-1, 1, 32)
+        opt.step()
+        sv = torch.linalg.svdvals(w.detach())
+        return float(sv[3] / sv[0]), bias.detach()
+
+    muon_ratio, bias_step = first_update(lambda w, b: MuonWithAdamW([w], [b], lr=0.01, betas=(0.9, 0.95), weight_decay=0.0))
+    adam_ratio, _ = first_update(lambda w, b: torch.optim.AdamW([w, b], lr=0.01, betas=(0.9, 0.95), weight_decay=0.0))
+    assert muon_ratio > 0.55 and adam_ratio < 0.45, (muon_ratio, adam_ratio)
+    assert torch.allclose(bias_step, -0.01 * torch.sign(torch.linspace(-1, 1, 32)), atol=1e-5)
+
+
+def test_a_muon_run_resumes_bit_for_bit(tmp_path, reg):
+    whole = tmp_path / "whole"
+    train(load_config(CONFIG, MUON), whole, reg=reg, progress=False)
+    lost = losses(whole)
+    cut = tmp_path / "cut"
+    shutil.copytree(whole, cut)
+    shutil.rmtree(cut / "checkpoints" / "step_0000030")
+    (cut / "checkpoints" / "latest").write_text("step_0000020\n")
+    train(load_config(CONFIG, MUON), cut, reg=reg, resume=True, progress=False)
+    assert_same_checkpoint(whole, cut)
+    assert losses(cut) == lost
+
+
+def test_resume_refuses_another_optimizer(tmp_path, reg):
+    run = tmp_path / "run"
+    train(load_config(CONFIG, SMALL + ["--train.steps=10"]), run, reg=reg, progress=False)
+    (run / "config.yaml").write_text((run / "config.yaml").read_text().replace("optimizer: adamw", "optimizer: muon"))
+    with pytest.raises(CheckpointError, match="its optimizer state is adamw's, the config now asks for train.optimizer muon"):
+        train(load_config(run / "config.yaml"), run, reg=reg, resume=True, progress=False)
+
+
+def test_muon_is_refused_under_sharded_fsdp_with_the_fix():
+    cfg = load_config(CONFIG, MUON)
+    with pytest.raises(ConfigError, match="Muon needs each weight matrix whole.*train.parallel: ddp"):
+        build_optimizer([("blocks.0.w", torch.nn.Parameter(torch.zeros(2, 2)))], cfg.train, 1e-3, sharded=True)
