@@ -39,6 +39,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                   ["codecs.text.time_sampler.kind=uniform", "codecs.image.time_sampler.kind=uniform",
                    "codecs.speech.time_sampler.kind=uniform"]),
     "image-loc2": ("image flow times logit-normal at loc 2 (more weight near noise)", ["codecs.image.time_sampler.loc=2.0"]),
+    "image-weight2": ("image tokens weigh 2 in the flow loss (codecs.image.loss_weight)", ["codecs.image.loss_weight=2.0"]),
+    "more-scenes": ("8,000 training scenes instead of 2,000 (the same 54 combinations, more renditions)",
+                    ["data.config.scenes=8000"]),
+    "c2i-weight5": ("caption -> image weight 5 instead of 3 (of 10 -> 12)", ["tasks.caption_to_image.weight=5"]),
     "ema-0.999": ("EMA decay 0.999 (with warm-up) instead of 0.99", ["train.ema_decay=0.999"]),
     "no-ema": ("the raw weights (EMA decay 0)", ["train.ema_decay=0.0"]),
     "dropout-0.2": ("condition dropout 0.2 instead of 0.1", ["train.cond_dropout=0.2"]),
@@ -46,7 +50,11 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "wsd": ("constant learning rate, linear cool-down over the last 20% (not cosine)", ["train.lr_schedule=wsd"]),
     "wide": ("width 256, depth 3 (base: 192 x 4)", ["prior.width=256", "prior.depth=3", "prior.heads=8"]),
     "deep": ("width 128, depth 8", ["prior.width=128", "prior.depth=8", "prior.heads=4"]),
+    "image-patch4": ("image codec retrained with 4 x 4 latent pixels a token: 4 tokens of 64 channels (base: 16 of 16)",
+                     ["codecs.image.config.patch=4"]),
 }
+RETRAIN = {"image-patch4": ("image",)}
+"""Variants that change a codec: it trains in the variant's own run (its steps as in configs/demo.yaml), the others load."""
 HEADLINE = {"caption_to_image": ("caption-to-image", "scene objects placed", True),
             "image_to_caption": ("image-to-caption", "scenes (held-out) exact", True),
             "text_to_speech": ("text-to-speech", "WER", False),
@@ -60,6 +68,8 @@ def variant_config(name: str, codecs_from: Path, out: Path) -> Path:
 
     overrides = list(VARIANTS[name][1])
     for role in ("text", "image", "speech"):
+        if role in RETRAIN.get(name, ()):
+            continue
         overrides.append(f"codecs.{role}.pretrained={(codecs_from / 'codecs' / role).resolve()}")
     cfg = load_config(BASE, [f"--{o}" for o in overrides])
     cfg.name = f"demo-{name}"
@@ -95,9 +105,13 @@ def _finished(run_dir: Path) -> bool:
 def summary(run_dir: Path) -> dict[str, float]:
     from latentbridge.evaluate.report import read_metrics, read_report
 
-    rows = [r for r in read_metrics(run_dir) if r.get("stage") == "prior"]
+    everything = read_metrics(run_dir)
+    rows = [r for r in everything if r.get("stage") == "prior"]
     report = read_report(run_dir)
     out: dict[str, float] = {"prior_s": rows[-1]["elapsed_s"], "s_per_step": rows[-1]["elapsed_s"] / max(rows[-1]["step"], 1)}
+    codec_rows = [r for r in everything if r.get("stage") == "codec"]
+    if codec_rows:  # a codec this variant retrained
+        out["codec_s"] = sum(max(r["elapsed_s"] for r in codec_rows if r.get("role") == role) for role in {r.get("role") for r in codec_rows})
     fit = [report["tasks"][t]["prior-fit"].get("with condition") for t in HEADLINE if "prior-fit" in report["tasks"].get(t, {})]
     out["prior_fit"] = float(sum(fit)) if fit and None not in fit else float("nan")
     for task, (evaluator, metric, _) in HEADLINE.items():

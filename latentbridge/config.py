@@ -44,6 +44,8 @@ class CodecSlot:
     """Directory written by the codec's save_pretrained to load config and weights from."""
     time_sampler: TimeSamplerConfig = dataclasses.field(default_factory=TimeSamplerConfig)
     """Flow-time sampler of this role's blocks during prior training."""
+    loss_weight: PositiveFloat = 1.0
+    """Weight of this role's tokens in the prior's flow-matching loss (their squared errors count this many times)."""
     latents: Literal["mean", "sample"] = "sample"
     """Feed the prior the posterior mean or a posterior sample during training."""
     steps: Count | None = None

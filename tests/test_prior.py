@@ -137,6 +137,21 @@ def test_loss_of_a_split_batch_equals_the_whole():
     assert torch.equal(naive[0], first["loss"])  # slicing the batch's noise is deterministic
 
 
+def test_a_codec_loss_weight_scales_its_tokens_errors_in_the_total_only():
+    """loss_weights {image: w}: the total is (w * image errors + the rest) / all entries; per-codec figures unchanged."""
+    prior = make_prior(torch.float64)
+    examples = random_examples(random.Random(4), 8, torch.float64)
+    noise = draw_noise(examples, LAYOUT, {n: Uniform() for n in LAYOUT.names}, torch.Generator().manual_seed(2))
+    plain = prior_loss(prior, LAYOUT, examples, noise=noise, row_length=64)
+    only = {name: prior_loss(prior, LAYOUT, examples, noise=noise, row_length=64,
+                             loss_weights={n: float(n == name) for n in LAYOUT.names})["loss"] for name in LAYOUT.names}
+    assert all(float(v) > 0 for v in only.values())  # every codec has target tokens here
+    assert torch.allclose(sum(only.values()), plain["loss"], atol=1e-12)  # the parts add up to the unweighted total
+    heavy = prior_loss(prior, LAYOUT, examples, noise=noise, row_length=64, loss_weights={"image": 3.0})
+    assert torch.allclose(heavy["loss"], plain["loss"] + 2 * only["image"], atol=1e-12)
+    assert all(torch.equal(heavy[k], plain[k]) for k in plain if k != "loss")
+
+
 @pytest.mark.parametrize("block_positions", [0, 4])
 def test_leaving_out_unread_clean_copies_keeps_the_loss(block_positions):
     prior = make_prior(torch.float64, block_positions=block_positions)

@@ -16,17 +16,22 @@ def velocity_target(z0: Tensor, eps: Tensor) -> Tensor:
     return eps - z0
 
 
-def flow_matching_sums(pred: Tensor, target: Tensor, mask: Tensor, channel_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def flow_matching_sums(pred: Tensor, target: Tensor, mask: Tensor, channel_mask: Tensor | None = None,
+                       token_weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Sum of squared errors over the masked tokens (and valid channels), and how many entries it sums (fp32).
 
     pred, target: [B, L, D]; mask: [B, L] bool (noisy target tokens); channel_mask: [B, L, D] bool
-    where codecs of different widths share one padded channel axis.
+    where codecs of different widths share one padded channel axis; token_weight: [B, L] scales each token's
+    squared errors (not the count: a weight of 2 counts a token's errors twice).
     """
     weight = mask.unsqueeze(-1).float()  # [B, L, 1]
     if channel_mask is not None:
         weight = weight * channel_mask.float()
     sq = (pred.float() - target.float()).pow(2) * weight
-    return sq.sum(), weight.expand_as(sq).sum()
+    count = weight.expand_as(sq).sum()
+    if token_weight is not None:
+        sq = sq * token_weight.float().unsqueeze(-1)
+    return sq.sum(), count
 
 
 def flow_matching_loss(pred: Tensor, target: Tensor, mask: Tensor, channel_mask: Tensor | None = None) -> Tensor:

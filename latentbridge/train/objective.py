@@ -148,6 +148,7 @@ def prior_loss(
     teacher: PriorBackbone | None = None,
     teacher_substeps: int = 8,
     teacher_guidance: float = 1.0,
+    loss_weights: Mapping[str, float] | None = None,
 ) -> dict[str, Tensor]:
     """Flow-matching loss on the noisy copies: {"loss": total, "loss/<codec>": per codec stream}.
 
@@ -163,6 +164,9 @@ def prior_loss(
     stop-gradient (Cola DLM's joint stage): gradients reach the latents only through the noisy copy.
     The clean copies no noisy token reads (each example's last target block) are left out of the
     packed rows -- a third of the tokens when the target is one block -- unless `unread_clean`.
+
+    `loss_weights` (codec name -> weight, default 1) scale the squared errors of that codec's tokens in the total
+    "loss" (the per-codec "loss/<codec>" figures stay unweighted, comparable across runs).
 
     Each loss is a sum of squared errors over target tokens and channels divided by their count. With several
     processes each holding part of a global batch, pass `mean_count`: it maps this process's counts to the mean
@@ -214,10 +218,16 @@ def prior_loss(
     masks = {"loss": mask}
     if len(layout.names) > 1:
         masks.update({f"loss/{name}": mask & (packed.codec == cid) for name, cid in layout.ids.items()})
+    token_weight = None
+    if loss_weights and any(float(w) != 1.0 for w in loss_weights.values()):
+        by_id = torch.ones(max(layout.ids.values()) + 1)
+        for name, w in loss_weights.items():
+            by_id[layout.ids[name]] = float(w)
+        token_weight = by_id.to(packed.codec.device)[packed.codec]  # [B, L]
     sums, counts = [], []
     for name, m in masks.items():
         with contextlib.nullcontext() if name == "loss" else torch.no_grad():
-            total, count = flow_matching_sums(pred, target, m, packed.channel_mask)
+            total, count = flow_matching_sums(pred, target, m, packed.channel_mask, token_weight if name == "loss" else None)
         sums.append(total)
         counts.append(count)
     counts_t = torch.stack(counts)

@@ -152,7 +152,8 @@ class StageLoss(nn.Module):
         out = prior_loss(self.trainable["prior"], self.layout, examples, noise=BatchNoise.cat(noises),
                          row_length=cfg.train.row_length, mean_count=_mean_over_processes if _world() > 1 else None,
                          teacher=self.teacher, teacher_substeps=cfg.train.teacher_substeps,
-                         teacher_guidance=cfg.train.teacher_guidance)
+                         teacher_guidance=cfg.train.teacher_guidance,
+                         loss_weights={r: s.loss_weight for r, s in cfg.codecs.items()})
         if self.stage == "joint":
             codec, mine = self.codecs[self.role], items.parts[0].batch[self.role]
             own = codec.loss(mine)
