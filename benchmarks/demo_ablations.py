@@ -3,7 +3,10 @@
     python benchmarks/demo_ablations.py [--codecs-from runs/demo] [--out runs/ablations] [--only base,muon,...]
                                         [--samples 128] [--threads 2] [--list]
 
-Every variant is `configs/demo.yaml` with a few dotted overrides (below, VARIANTS) and the three codecs loaded from
+A name may join variants with '+' (muon+more-scenes: both sets of overrides).
+Every variant is the demo config as it was before this comparison (`configs/demo.yaml` with BEFORE's overrides: AdamW,
+2,000 training scenes) with a few dotted overrides (below, VARIANTS; `now` is configs/demo.yaml as it is), and the
+three codecs loaded from
 --codecs-from (a finished `make demo` run: the same codec weights, data, seeds and step budget for every variant, so
 only the prior's recipe differs). Each variant trains its prior into <out>/<name> and is evaluated by the demo's
 evaluators at guidance 1 and 3 with their shuffled-condition controls and 95% intervals (--samples per set). A
@@ -30,9 +33,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).parents[1]
 BASE = ROOT / "configs" / "demo.yaml"
 
-# name -> (what it changes, dotted overrides of configs/demo.yaml)
+# The demo config before this comparison (configs/demo.yaml with its winners taken back out): every variant but `now`
+# starts from it, so the table reads against one base however the demo config moves on.
+BEFORE = ["train.optimizer=adamw", "data.config.scenes=2000"]
+# name -> (what it changes, dotted overrides of the base)
 VARIANTS: dict[str, tuple[str, list[str]]] = {
-    "base": ("configs/demo.yaml as it is", []),
+    "base": ("the demo config before this comparison (AdamW, 2,000 training scenes)", []),
+    "now": ("configs/demo.yaml as it is now (Muon, 8,000 scenes, ...)", []),
     "seed1": ("base with another seed (the noise between runs)", ["seed=1"]),
     "muon": ("Muon for the prior's matrix weights, AdamW for the rest", ["train.optimizer=muon"]),
     "uniform-t": ("uniform flow times for every codec (not logit-normal)",
@@ -43,6 +50,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "more-scenes": ("8,000 training scenes instead of 2,000 (the same 54 combinations, more renditions)",
                     ["data.config.scenes=8000"]),
     "c2i-weight5": ("caption -> image weight 5 instead of 3 (of 10 -> 12)", ["tasks.caption_to_image.weight=5"]),
+    "tts-weight3": ("text -> speech weight 3 instead of 2", ["tasks.text_to_speech.weight=3"]),
     "ema-0.999": ("EMA decay 0.999 (with warm-up) instead of 0.99", ["train.ema_decay=0.999"]),
     "no-ema": ("the raw weights (EMA decay 0)", ["train.ema_decay=0.0"]),
     "dropout-0.2": ("condition dropout 0.2 instead of 0.1", ["train.cond_dropout=0.2"]),
@@ -61,18 +69,28 @@ HEADLINE = {"caption_to_image": ("caption-to-image", "scene objects placed", Tru
             "speech_to_text": ("speech-to-text", "word accuracy", True)}
 
 
+def parts(name: str) -> list[str]:
+    """A variant, or several joined by '+' (their overrides together: muon+more-scenes)."""
+    found = name.split("+")
+    unknown = [p for p in found if p not in VARIANTS]
+    if unknown:
+        sys.exit(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)} (or join them with '+')")
+    return found
+
+
 def variant_config(name: str, codecs_from: Path, out: Path) -> Path:
     """<out>/<name>.yaml: the demo config with the variant's overrides and the codecs of `codecs_from`."""
     from latentbridge.config import load_config
     from latentbridge.typedconfig import save_config
 
-    overrides = list(VARIANTS[name][1])
+    overrides = ([] if name == "now" else list(BEFORE)) + [o for part in parts(name) for o in VARIANTS[part][1]]
+    retrain = {r for part in parts(name) for r in RETRAIN.get(part, ())}
     for role in ("text", "image", "speech"):
-        if role in RETRAIN.get(name, ()):
+        if role in retrain:
             continue
         overrides.append(f"codecs.{role}.pretrained={(codecs_from / 'codecs' / role).resolve()}")
     cfg = load_config(BASE, [f"--{o}" for o in overrides])
-    cfg.name = f"demo-{name}"
+    cfg.name = f"demo-{name.replace('+', '-')}"
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.yaml"
     save_config(cfg, path)
@@ -143,9 +161,8 @@ def main() -> None:
             print(f"{name:14s} {what}  [{' '.join(overrides) or '-'}]")
         return
     names = [n for n in args.only.split(",") if n] or list(VARIANTS)
-    unknown = [n for n in names if n not in VARIANTS]
-    if unknown:
-        sys.exit(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+    for n in names:
+        parts(n)
     if not (Path(args.codecs_from) / "codecs").is_dir():
         sys.exit(f"{args.codecs_from} holds no trained codecs: run `make demo` first (or pass --codecs-from RUN)")
     results = {name: summary(run_variant(name, args)) for name in names}
@@ -154,11 +171,11 @@ def main() -> None:
         v, c = r.get(f"{task} g{g}"), r.get(f"{task} g{g} control")
         return "—" if v is None else f"{v:.3f} ({c:.2f})"
 
-    head = f"{'variant':14s} {'prior s':>8s} {'s/step':>7s} {'fit':>6s} " + " ".join(
+    head = f"{'variant':26s} {'prior s':>8s} {'s/step':>7s} {'fit':>6s} " + " ".join(
         f"{t + ' g' + g:>24s}" for t in HEADLINE for g in ("1", "3"))
     print(head)
     for name, r in results.items():
-        print(f"{name:14s} {r['prior_s']:8.0f} {r['s_per_step']:7.3f} {r['prior_fit']:6.3f} "
+        print(f"{name:26s} {r['prior_s']:8.0f} {r['s_per_step']:7.3f} {r['prior_fit']:6.3f} "
               + " ".join(f"{cell(r, t, g):>24s}" for t in HEADLINE for g in ("1", "3")))
     print("(score (shuffled control); WER lower is better, the rest higher)")
     print(json.dumps(results))
