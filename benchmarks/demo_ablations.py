@@ -3,7 +3,8 @@
     python benchmarks/demo_ablations.py [--codecs-from runs/demo] [--out runs/ablations] [--only base,muon,...]
                                         [--samples 128] [--threads 2] [--list]
 
-A name may join variants with '+' (muon+more-scenes: both sets of overrides).
+A name may join variants with '+' (muon+more-scenes: both sets of overrides; now+ema-0.999: one change on top of the
+demo config as it is; a part with '=' is a dotted override itself: now+wide+train.steps=2400).
 Every variant is the demo config as it was before this comparison (`configs/demo.yaml` with BEFORE's overrides: AdamW,
 2,000 training scenes) with a few dotted overrides (below, VARIANTS; `now` is configs/demo.yaml as it is), and the
 three codecs loaded from
@@ -72,9 +73,10 @@ HEADLINE = {"caption_to_image": ("caption-to-image", "scene objects placed", Tru
 def parts(name: str) -> list[str]:
     """A variant, or several joined by '+' (their overrides together: muon+more-scenes)."""
     found = name.split("+")
-    unknown = [p for p in found if p not in VARIANTS]
+    unknown = [p for p in found if p not in VARIANTS and "=" not in p]
     if unknown:
-        sys.exit(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)} (or join them with '+')")
+        sys.exit(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)} (or join them with '+', "
+                 "or add a dotted override: now+train.steps=2400)")
     return found
 
 
@@ -83,7 +85,10 @@ def variant_config(name: str, codecs_from: Path, out: Path) -> Path:
     from latentbridge.config import load_config
     from latentbridge.typedconfig import save_config
 
-    overrides = ([] if name == "now" else list(BEFORE)) + [o for part in parts(name) for o in VARIANTS[part][1]]
+    # `now` (alone or joined: now+ema-0.999) starts from configs/demo.yaml as it is; every other name from BEFORE.
+    # A part with '=' is one dotted override itself (now+wide+train.steps=2400: the same wall time as `now`).
+    overrides = ([] if "now" in parts(name) else list(BEFORE)) + [
+        o for part in parts(name) for o in (VARIANTS[part][1] if part in VARIANTS else [part])]
     retrain = {r for part in parts(name) for r in RETRAIN.get(part, ())}
     for role in ("text", "image", "speech"):
         if role in retrain:

@@ -177,9 +177,11 @@ class TrainConfig:
     """Steps of the codec stage (each trainable codec on its own loss) before the prior stage."""
     codec_lr: NonNegativeFloat = 1e-2
     """Learning rate of the codec stage."""
-    mixed_precision: Literal["no", "bf16"] = "no"
-    """bf16 autocast (the CPU here supports it; so do recent GPUs); under train.parallel=fsdp also FSDP's policy:
-    bf16 parameters in compute, gradients reduced in fp32."""
+    mixed_precision: Literal["no", "bf16", "auto"] = "no"
+    """bf16 autocast; under train.parallel=fsdp also FSDP's policy: bf16 parameters in compute, gradients reduced in
+    fp32. `auto`: bf16 where the hardware computes it natively (recent GPUs; CPUs with AVX512-BF16 or AMX), fp32
+    elsewhere -- on an AVX2-only CPU bf16 is emulated and a step takes tens of times longer (an explicit bf16 there
+    warns)."""
     parallel: Literal["ddp", "fsdp"] = "ddp"
     """How several processes (torchrun / accelerate launch) share the work. ddp: every process holds the whole
     model and optimizer; fsdp: FSDP2 shards the prior (each block) and a trained codec over the processes, and

@@ -28,6 +28,33 @@ from torch import distributed as dist
 CODEC_METHODS = ("loss", "raw_encode")
 
 
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether `device` computes in bf16 natively: a CUDA GPU that supports it, or a CPU with AVX512-BF16 or AMX.
+    Elsewhere (an AVX2-only CPU) bf16 is emulated and a bf16 matmul costs tens of times an fp32 one."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+        return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
+    return True  # other accelerators: trust the setting
+
+
+def resolve_precision(setting: str, device: torch.device | str) -> tuple[str, str | None]:
+    """train.mixed_precision -> ("no" | "bf16", a warning or None). `auto`: bf16 where the device computes it natively,
+    else fp32. An explicit `bf16` is kept, with a warning where it is emulated (the run is correct, only slow)."""
+    if setting == "no":
+        return "no", None
+    native = native_bf16(device)
+    if setting == "auto":
+        return ("bf16" if native else "no"), None
+    if setting == "bf16" and not native:
+        return "bf16", (f"train.mixed_precision=bf16 on a {torch.device(device).type} without native bf16 (no AVX512-BF16 or AMX "
+                        "here): bf16 is emulated and a step can take tens of times longer than in fp32. Set "
+                        "train.mixed_precision: auto (bf16 only where the hardware has it) or no.")
+    return setting, None
+
+
 def distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 

@@ -28,6 +28,7 @@ import shutil
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -231,8 +232,12 @@ class Trainer:
                               "itself. Launch without it (distributed_type MULTI_GPU, e.g. configs/accelerate/one_node.yaml) "
                               "and set train.parallel: fsdp.")
         log_with = ["tensorboard"] if importlib.util.find_spec("tensorboard") else None
-        self.acc = Accelerator(mixed_precision=t.mixed_precision, log_with=log_with, project_dir=str(self.run_dir),
-                               cpu=not torch.cuda.is_available())  # cpu=True lets torchrun processes form a gloo group
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.precision, why = parallel.resolve_precision(t.mixed_precision, device)
+        self.acc = Accelerator(mixed_precision=self.precision, log_with=log_with, project_dir=str(self.run_dir),
+                               cpu=device == "cpu")  # cpu=True lets torchrun processes form a gloo group
+        if why and self.acc.is_main_process:
+            warnings.warn(why, stacklevel=2)
         world = self.acc.num_processes
         self.batch_size = batch_size or t.batch_size
         if self.batch_size % world:
@@ -259,9 +264,9 @@ class Trainer:
             self.module.to(self.acc.device)
             self.ema = self._new_ema()  # of the whole weights, then sharded like them: its update is a lerp of shards
             if self.sharded:
-                self.roots = parallel.fsdp_shard(self.module.trainable, self.acc.device, t.mixed_precision)
+                self.roots = parallel.fsdp_shard(self.module.trainable, self.acc.device, self.precision)
                 if self.ema is not None:
-                    parallel.fsdp_shard(self.ema.module, self.acc.device, t.mixed_precision)
+                    parallel.fsdp_shard(self.ema.module, self.acc.device, self.precision)
         # after sharding: under FSDP the optimizer holds the sharded parameters
         opt_cfg = t if self.stage in ("prior", "joint") else dataclasses.replace(t, optimizer="adamw")  # codecs: AdamW
         self._opt = build_optimizer(self.module.trainable.named_parameters(), opt_cfg, self.lr, sharded=self.sharded)
