@@ -70,8 +70,12 @@ def test_codec_latents_are_the_releases_prior_units():
 
 
 def test_dit_velocity_matches_the_reference_on_a_prefill_and_on_a_cached_block():
+    """Within float32 rounding of the velocities' scale (|v| up to about 4 here): 2e-5 of it. The float32 kernels of
+    the CPU that runs the test and of the one that made the fixture differ in summation order; an AVX2-only CPU
+    measured 2.7e-5 absolute on the prefill. A wrong mask, position or modulation moves velocities by 1e-1 or more."""
     diffs = dit_differences(FX)
-    assert set(diffs) == {"dit_prefill", "dit_block"} and max(diffs.values()) <= 1e-5, diffs
+    scale = {"dit_prefill": float(OUT["dit.prefill.v"].abs().max()), "dit_block": float(OUT["dit.block.v"].abs().max())}
+    assert set(diffs) == set(scale) and all(diffs[k] <= 2e-5 * scale[k] for k in diffs), (diffs, scale)
 
 
 def test_a_whole_greedy_generation_gives_the_references_tokens():
@@ -94,14 +98,16 @@ def test_the_generation_check_can_fail():
 
 
 def test_cached_generation_equals_uncached_on_the_release():
-    c, model = codec(), dit()
+    """In float64, so the comparison is of the two algorithms, not of float32 kernels (whose summation order differs
+    between a cached block and the whole recomputed context; guidance 7 multiplies that rounding noise)."""
+    c, model = codec(), dit().double()
     layout = SequenceLayout.from_specs({"text": c.latent_spec})
     with torch.no_grad():
         prefix = c.encode_prompt(GEN["prompts"])
-        examples = [[Segment("text", z, "target")] if len(z) else [] for z in prefix.unbind()]
+        examples = [[Segment("text", z.double(), "target")] if len(z) else [] for z in prefix.unbind()]
         a, b = (generate_latents(model, layout, examples, "text", 12, steps=4, guidance=7.0, unconditional="block", whole_blocks=True,
                                  use_cache=cache) for cache in (True, False))
-    assert max(float((x - y).abs().max()) for x, y in zip(a, b)) <= 1e-5
+    assert max(float((x - y).abs().max()) for x, y in zip(a, b)) <= 1e-9
 
 
 def test_parameter_counts_of_the_released_configs_match_the_reference():
