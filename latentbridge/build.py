@@ -85,8 +85,10 @@ def experiment_prior_config(cfg: ExperimentConfig, layout: SequenceLayout) -> Pr
         chosen = list(layout.names)
     places = max((layout.streams[r].block_size for r in chosen), default=0)
     ids = tuple(layout.ids[r] for r in chosen) if isinstance(p.block_positions, list) else ()
+    documents = any(t.document for t in [cfg.task, *cfg.tasks.values()])
     return prior_config(p.preset, layout.dims, width=p.width, depth=p.depth, heads=p.heads, mlp_ratio=p.mlp_ratio, attention=p.attention,
-                        block_positions=places, block_position_codecs=ids, step_conditioning=p.step_conditioning)
+                        block_positions=places, block_position_codecs=ids, step_conditioning=p.step_conditioning,
+                        switch_classes=len(layout.names) + 1 if documents else 0)
 
 
 def build_prior(cfg: ExperimentConfig, layout: SequenceLayout, reg: Registries | None = None) -> PriorBackbone:
@@ -106,4 +108,9 @@ def build_prior(cfg: ExperimentConfig, layout: SequenceLayout, reg: Registries |
     if not isinstance(prior, PriorBackbone):
         raise ConfigError(f"prior.backbone '{name}': {cls.__qualname__}.create returned {type(prior).__name__}, not a PriorBackbone. "
                           "Fix the backbone plugin.")
+    documents = [n for n, t in [("task", cfg.task), *cfg.tasks.items()] if t.document]
+    if documents and prior.switch_classes != len(layout.names) + 1:
+        raise ConfigError(f"tasks {', '.join(documents)} are document tasks, which need a prior with a switch head of "
+                          f"{len(layout.names) + 1} classes (its codec streams and the end of a document); backbone '{name}' "
+                          f"has {prior.switch_classes}. Use prior.backbone: dit, or give the backbone a switch head.")
     return prior

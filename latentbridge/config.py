@@ -103,6 +103,11 @@ class TaskConfig:
     data_config: dict[str, Any] | None = None
     """In a mixture: options of that data set (its own config dataclass). On `data.name` they change `data.config`;
     on another data set they are its whole options (null: its defaults)."""
+    document: list[str] = dataclasses.field(default_factory=list)
+    """A document task: the codec roles its documents' items go to (one role per modality, e.g. [text, image]); cond
+    and target stay empty. The data set yields documents -- ordered items of any of those modalities -- and every
+    item is a target, each block conditioned on everything before it; the prior's switch head learns which role
+    comes next, or the end (docs/documents.md)."""
 
 
 @dataclasses.dataclass
@@ -189,6 +194,9 @@ class TrainConfig:
     same losses as one process; a run may resume with another process count."""
     compile: bool = False
     """Compile the prior's training step with torch.compile (inductor). Costs a minute of compiling at the start."""
+    switch_weight: NonNegativeFloat = 1.0
+    """Document tasks: weight of the switch head's cross-entropy (which codec follows each item, or the end) beside
+    the flow loss."""
     objective: Literal["flow", "shortcut", "distill"] = "flow"
     """flow: flow matching (the instantaneous velocity). shortcut: flow matching plus self-consistency of jumps (a
     shortcut model: the velocity averaged over a span d, trained so one jump of 2d equals two jumps of d), which
@@ -281,13 +289,21 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         roles = set(self.codecs)
-        if self.tasks and (self.task.target or self.task.cond):
+        if self.tasks and (self.task.target or self.task.cond or self.task.document):
             raise ValueError("set either `task` (one task) or `tasks` (a mixture), not both; move the single task into `tasks`")
         named = [("task", self.task), *((f"tasks.{n}", t) for n, t in self.tasks.items())]
         for where, task in named:
-            for role in [*task.cond, task.target]:
+            for role in [*task.cond, task.target, *task.document]:
                 if role and role not in roles:
                     raise ValueError(f"{where} names role {role!r}, which is not under codecs (roles: {', '.join(sorted(roles)) or 'none'})")
+            if task.document:
+                if task.cond or task.target:
+                    raise ValueError(f"{where}: a document task (document: {task.document}) generates every item of its "
+                                     "documents; leave its cond and target empty")
+                twice = sorted({r for r in task.document if task.document.count(r) > 1})
+                if twice:
+                    raise ValueError(f"{where}.document names {', '.join(map(repr, twice))} more than once; name each role once")
+                continue
             # the same role rules under `task:` and `tasks:` (a mixture's task also needs its target named)
             if where != "task" and not task.target:
                 raise ValueError(f"{where}.target is empty: name the role the task generates")

@@ -17,6 +17,7 @@ Lc context tokens, Dmax widest codec latent.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from pathlib import Path
@@ -33,8 +34,9 @@ from latentbridge.flow import SOLVERS, guided_velocity, integrate
 from latentbridge.plugins import Registries
 from latentbridge.prior import PriorBackbone, TokenMeta
 from latentbridge.runs import load_run
-from latentbridge.sequence import Example, Segment, SequenceLayout, pack
-from latentbridge.tasks import Task, find_task, tasks_of
+from latentbridge.sequence import Example, Segment, SequenceLayout, end_of_document, pack
+from latentbridge.data.document import DocItem, as_document
+from latentbridge.tasks import Task, document_roles, find_task, tasks_of
 
 
 class _Context:
@@ -45,15 +47,22 @@ class _Context:
         self.cache = prior.new_cache() if use_cache else None
         self.tokens: tuple[Tensor, Tensor, Tensor, TokenMeta] | None = None  # x, t, codec, meta
 
-    def commit(self, x: Tensor, codec: Tensor, meta: TokenMeta) -> None:
+    def commit(self, x: Tensor, codec: Tensor, meta: TokenMeta, switch: bool = False) -> Tensor | None:
+        """Keep clean tokens x [R, K, Dmax] in the context; with `switch`, return the prior's switch logits at them
+        [R, K, classes] (what follows each, read with the whole context: documents)."""
         t = torch.zeros(codec.shape, dtype=x.dtype, device=x.device)
         if self.cache is not None:
-            self.prior(x, t, codec, meta, cache=self.cache, commit=True)
-        elif self.tokens is None:
+            out = self.prior(x, t, codec, meta, cache=self.cache, commit=True, **({"switch": True} if switch else {}))
+            return out[1] if switch else None
+        if self.tokens is None:
             self.tokens = (x, t, codec, meta)
         else:
             px, pt, pc, pm = self.tokens
             self.tokens = (torch.cat([px, x], 1), torch.cat([pt, t], 1), torch.cat([pc, codec], 1), TokenMeta.cat([pm, meta]))
+        if not switch:
+            return None
+        _, logits = self.prior(*self.tokens, switch=True)  # the uncached reference: the whole context again
+        return logits[:, -x.shape[1]:]
 
     def velocity(self, x: Tensor, t: Tensor, codec: Tensor, meta: TokenMeta, step: Tensor | None = None) -> Tensor:
         jump = {} if step is None else {"step": step}  # only shortcut priors take a step span
@@ -129,14 +138,15 @@ def _guidance_variants(prompts: Sequence[Example], scales: Sequence[float], unco
     return rows, groups, alone
 
 
-def _prefill(ctx: _Context, layout: SequenceLayout, rows: list[Example], device, dtype) -> tuple[Tensor, Tensor]:
-    """Commit every row's context at t = 0 (one sample per row); return each row's next block and position."""
+def _prefill(ctx: _Context, layout: SequenceLayout, rows: list[Example], device, dtype, switch: bool = False):
+    """Commit every row's context at t = 0 (one sample per row); return each row's next block and position (and with
+    `switch`, the switch logits [R, classes] at each row's last token; zeros for an empty row)."""
     r_count = len(rows)
     next_block = torch.zeros(r_count, dtype=torch.long)
     next_pos = torch.zeros(r_count, dtype=torch.long)
     nonempty = [i for i, r in enumerate(rows) if r]
     if not nonempty:
-        return next_block, next_pos
+        return (next_block, next_pos, torch.zeros(r_count, prior_switch_classes(ctx.prior))) if switch else (next_block, next_pos)
     packed = pack([rows[i] for i in nonempty], layout, two_copies=False)  # one example per row
     idx = torch.tensor(nonempty)
     length = packed.codec.shape[1]
@@ -152,10 +162,19 @@ def _prefill(ctx: _Context, layout: SequenceLayout, rows: list[Example], device,
     block[idx] = packed.meta.block.cpu()
     position[idx] = packed.meta.position.cpu()
     noisy = torch.zeros(r_count, length, dtype=torch.bool)
-    ctx.commit(x.to(device), codec.to(device), TokenMeta(sample.to(device), block.to(device), noisy.to(device), position.to(device)))
+    logits = ctx.commit(x.to(device), codec.to(device), TokenMeta(sample.to(device), block.to(device), noisy.to(device),
+                                                                 position.to(device)), switch=switch)
     next_block[idx] = torch.where(valid, block[idx], -1).max(dim=1).values + 1
     next_pos[idx] = valid.sum(dim=1)
-    return next_block, next_pos
+    if not switch:
+        return next_block, next_pos
+    last = torch.zeros(r_count, logits.shape[-1], dtype=logits.dtype, device=logits.device)
+    last[idx] = logits[idx, (next_pos[idx] - 1).to(logits.device)]
+    return next_block, next_pos, last
+
+
+def prior_switch_classes(prior: nn.Module) -> int:
+    return int(getattr(getattr(prior, "_orig_mod", prior), "switch_classes", 0))
 
 
 @torch.no_grad()
@@ -287,6 +306,184 @@ def generate_latents(
         next_pos += torch.where(torch.tensor(alone), 0, own[row_sample])  # a block-alone row sees its block at 0.. each time
         pins = torch.zeros_like(pins)
     return [torch.cat(o)[:num_tokens] if o else torch.zeros(0, dim, dtype=dtype, device=device) for o in outputs]
+
+
+@dataclasses.dataclass
+class GeneratedItem:
+    """One item a document generation produced: its codec stream (role), latents [n, D] and, for codecs that end by a
+    marker, the value their decode stream gave (else None: decode the latents)."""
+
+    role: str
+    latents: Tensor
+    value: Any = None
+
+
+@dataclasses.dataclass
+class DocumentResult:
+    items: list[GeneratedItem]
+    """The items generated after the prefix, in order."""
+    ended: bool
+    """True when the switch head chose the end of the document; False when the item budget stopped it."""
+
+
+@dataclasses.dataclass
+class GeneratedDocument:
+    """A document Pipeline.generate_document wrote: `items[:prefix]` were given, the rest generated and decoded."""
+
+    items: list[DocItem]
+    prefix: int
+    ended: bool
+    """True when the prior's switch head ended it; False when the item budget (max_items) cut it."""
+
+    @property
+    def generated(self) -> list[DocItem]:
+        return self.items[self.prefix :]
+
+
+@torch.no_grad()
+def generate_documents(
+    prior: PriorBackbone,
+    layout: SequenceLayout,
+    prefixes: Sequence[Example],
+    lengths: Mapping[str, int],
+    *,
+    allowed: Sequence[str] | None = None,
+    streams: Mapping[str, Callable[[], Any]] | None = None,
+    max_items: int = 8,
+    steps: int = 16,
+    solver: str = "euler",
+    shift: float = 1.0,
+    guidance: float = 1.0,
+    guidance_interval: tuple[float, float] | None = None,
+    seed: int = 0,
+    first_index: int = 0,
+    use_cache: bool = True,
+    on_block: Callable[[int], None] | None = None,
+) -> list[DocumentResult]:
+    """Continue each document prefix (an Example of complete items of any codec streams) item by item, the prior's
+    switch head choosing what follows each item -- a codec stream of `allowed` (default: all) or the end -- until
+    the end or `max_items` generated items.
+
+    One context spans the whole document: the prefix is prefilled once, and every generated block, of whichever
+    codec, is committed to it (a KV cache; `use_cache=False` recomputes the whole context instead, to the same result).
+    The switch logits come from the commit of an item's last block, at its last token, as training reads them.
+    Samples advance together block by block, each in its own codec: a block holds, per sample, up to its codec's block
+    size of tokens (padding that nothing attends to elsewhere). `lengths[stream]`: tokens per item (fixed-length
+    codecs), or the most tokens of one item (variable length); `streams[stream]()` makes a one-sample decode stream
+    for codecs whose items end by a marker (text): its push(block [1, K, D]) says when the item has ended. Guidance
+    compares against the block alone (Cola DLM's rule), whatever its codec. Each sample draws its noise from its own
+    generator (`sample_generator(seed, first_index + i)`), only for its own blocks: a document does not depend on
+    the rest of its batch.
+    """
+    classes = prior_switch_classes(prior)
+    end = end_of_document(layout)
+    if classes != end + 1:
+        raise ConfigError(f"this prior's switch head has {classes} classes; documents over the streams {', '.join(layout.names)} "
+                          f"need {end + 1} (train it with a document task).")
+    if any(not p for p in prefixes):
+        raise ConfigError("generate_documents: every document prefix needs at least one item (the switch head reads what "
+                          "follows the last one).")
+    if max_items < 1:
+        raise ConfigError(f"generate_documents: max_items must be at least 1, got {max_items}")
+    if solver == "shortcut":
+        raise ConfigError("documents are generated with euler, heun or midpoint steps (sampling.solver)")
+    streams = dict(streams or {})
+    names = sorted(layout.ids, key=layout.ids.get)  # stream id -> name
+    allowed = list(allowed) if allowed is not None else names
+    missing = [r for r in allowed if r not in lengths]
+    if missing:
+        raise ConfigError(f"generate_documents: no item length for {', '.join(missing)}")
+    keep = torch.full((classes,), float("-inf"))
+    keep[[layout.ids[r] for r in allowed] + [end]] = 0.0
+    param = next(prior.parameters())
+    device, dtype = param.device, param.dtype
+    dmax = layout.dmax
+    s_count = len(prefixes)
+    guided = float(guidance) != 1.0
+    generators = [sample_generator(seed, first_index + i) for i in range(s_count)]
+    rows: list[Example] = [list(p) for p in prefixes] + ([[] for _ in range(s_count)] if guided else [])
+    r_count = len(rows)
+    row_sample = torch.arange(r_count) % s_count
+    rs = row_sample.to(device)
+    alone = torch.arange(r_count) >= s_count  # block-alone rows: nothing of them is kept in the context
+    ctx = _Context(prior, use_cache)
+    next_block, next_pos, logits = _prefill(ctx, layout, rows, device, dtype, switch=True)
+
+    results = [DocumentResult([], False) for _ in range(s_count)]
+    current: list[str | None] = [None] * s_count
+    blocks: list[list[Tensor]] = [[] for _ in range(s_count)]
+    decoders: list[Any] = [None] * s_count
+
+    def begin(s: int, row_logits: Tensor) -> None:
+        choice = int((row_logits.float().cpu() + keep).argmax())
+        current[s] = None
+        if choice == end:
+            results[s].ended = True
+        elif len(results[s].items) < max_items:
+            current[s] = names[choice]
+            blocks[s] = []
+            decoders[s] = streams[current[s]]() if current[s] in streams else None
+
+    for s in range(s_count):
+        begin(s, logits[s])
+    done_blocks = 0
+    while any(c is not None for c in current):
+        own = torch.zeros(s_count, dtype=torch.long)  # this block's tokens per sample
+        for s, c in enumerate(current):
+            if c is not None:
+                bs = layout.stream(c).block_size
+                made = sum(b.shape[0] for b in blocks[s])
+                own[s] = bs if decoders[s] is not None else min(bs, lengths[c] - made)
+        k = int(own.max())
+        cid = torch.tensor([layout.ids[c] if c is not None else 0 for c in current])  # [S]
+        dims = torch.tensor([layout.stream(c).dim if c is not None else 0 for c in current])
+        real = torch.arange(k)[None, :] < own[:, None]  # [S, K]
+        channels = (torch.arange(dmax)[None, :] < dims[:, None])[:, None, :]  # [S, 1, Dmax]
+        live = (real[..., None] & channels).to(device)  # [S, K, Dmax]: the sample's own tokens and channels
+        meta = TokenMeta(
+            sample=torch.where(real[row_sample], torch.arange(r_count)[:, None], -1).to(device),
+            block=next_block[:, None].repeat(1, k).to(device),
+            noisy=torch.ones(r_count, k, dtype=torch.bool, device=device),
+            position=(next_pos[:, None] + torch.arange(k)[None, :]).to(device),
+        )
+        codec = cid[row_sample][:, None].repeat(1, k).to(device)
+
+        def velocity(x: Tensor, t: Tensor) -> Tensor:  # x [S, K, Dmax] -> v [S, K, Dmax]
+            v = ctx.velocity(x[rs], t.to(dtype).expand(r_count, k), codec, meta)
+            v_without = [v[s_count:]] if guided else [v[:s_count]]
+            return torch.where(live, guided_velocity(v[:s_count], v_without, [float(guidance)], t, guidance_interval), 0.0)
+
+        start = torch.zeros(s_count, k, dmax)
+        for s, c in enumerate(current):
+            if c is not None:  # a whole block of the sample's own codec, drawn in fp32 from its own generator
+                st = layout.stream(c)
+                start[s, : int(own[s]), : st.dim] = torch.randn(st.block_size, st.dim, generator=generators[s])[: int(own[s])]
+        block = integrate(velocity, start.to(device, dtype), steps=steps, solver=solver, shift=shift)
+        block = torch.where(live, block, 0.0)
+        kept = meta.sample.masked_fill(alone[:, None].to(device), -1)
+        clean = TokenMeta(kept, meta.block, torch.zeros_like(meta.noisy), meta.position)
+        logits = ctx.commit(block[rs], codec, clean, switch=True)  # [R, K, classes]
+        for s, c in enumerate(current):
+            if c is None:
+                continue
+            n, st = int(own[s]), layout.stream(c)
+            new = block[s, :n, : st.dim]
+            blocks[s].append(new)
+            made = sum(b.shape[0] for b in blocks[s])
+            finished = made >= lengths[c]
+            if decoders[s] is not None:
+                finished = bool(decoders[s].push(new[None])[0]) or finished
+            if finished:
+                z = torch.cat(blocks[s])[: lengths[c]]
+                value = decoders[s].items()[0] if decoders[s] is not None else None
+                results[s].items.append(GeneratedItem(c, z, value))
+                begin(s, logits[s, n - 1])
+        if on_block is not None:
+            on_block(done_blocks)
+        done_blocks += 1
+        next_block += 1
+        next_pos += torch.where(alone, 0, own[row_sample])
+    return results
 
 
 def _variant_samples(groups: list[list[int]], count: int, s_count: int) -> list[int]:
@@ -436,6 +633,69 @@ class Pipeline:
             generate_latents(prior, self.layout, examples, task.target, limit, stop=stream.push, first_index=start,
                              whole_blocks=True, **kw)
             out += codec.check_decoded(stream.items(), size)
+        return out
+
+
+    def document_task(self) -> Task:
+        """The run's document task, or a clear error when it has none."""
+        found = [t for t in self.tasks if t.document]
+        if not found:
+            raise ConfigError("this run has no document task, so its prior cannot say which codec follows an item. Train with a "
+                              "task `document: [roles...]` (docs/documents.md).")
+        return found[0]
+
+    @torch.no_grad()
+    def generate_document(self, prefix_items: Sequence[Sequence[Any]], *, max_items: int = 6, guidance: float | None = None,
+                          steps: int | None = None, seed: int = 0, batch_size: int = 32, max_tokens: int | None = None,
+                          use_cache: bool = True, progress: bool = False) -> list[GeneratedDocument]:
+        """Continue documents: each prefix is a list of items (DocItem or (modality, value)) of the document task's
+        modalities; the prior generates item after item, switching codec when its switch head says so, until it
+        chooses the end or `max_items` new items. Returns each whole document: its items (the prefix's, then the
+        generated ones, decoded) as DocItems, how many came from the prefix, and whether the head ended it.
+
+        `guidance`: one classifier-free scale against the block alone (null: the config's first sampling.guidance);
+        `max_tokens`: the most latents of one variable-length item (text; null: its codec's max_tokens)."""
+        task = self.document_task()
+        modalities = {r: self.codecs[r].modality for r in task.document}
+        roles = document_roles(task, modalities)
+        docs = [as_document(d, roles, f"generate_document: prefix {i}") for i, d in enumerate(prefix_items)]
+        s = self.cfg.sampling
+        guidance = float(s.guidance[0] if guidance is None else guidance)
+        lengths, streams = {}, {}
+        for role in task.document:
+            spec = self.codecs[role].latent_spec
+            lengths[role] = spec.tokens_per_item if spec.fixed else (max_tokens or spec.max_tokens or 4 * spec.block_size)
+            if spec.end == "marker":
+                codec = self.codecs[role]
+                streams[role] = lambda codec=codec, spec=spec: codec.decoder_stream(
+                    Latents(codec.name, torch.zeros(1, 0, spec.dim), torch.zeros(1, dtype=torch.long)))
+        prior = self.generation_prior()
+        out: list[GeneratedDocument] = []
+        for start in tqdm(range(0, len(docs), batch_size), desc="generate documents", disable=not progress, dynamic_ncols=True):
+            part = docs[start : start + batch_size]
+            by_role: dict[str, list] = {}
+            for doc in part:
+                for item in doc:
+                    by_role.setdefault(roles[item.modality], []).append(item.value)
+            lat = {r: iter(self.codecs[r].encode_items(v).unbind()) for r, v in by_role.items()}
+            prefixes = [[Segment(roles[it.modality], next(lat[roles[it.modality]]), "target", boundary=True) for it in doc]
+                        for doc in part]
+            results = generate_documents(prior, self.layout, prefixes, lengths, allowed=list(task.document), streams=streams,
+                                         max_items=max_items, steps=steps or s.steps, solver=s.solver, shift=s.shift,
+                                         guidance=guidance, guidance_interval=s.guidance_interval, seed=seed, first_index=start,
+                                         use_cache=use_cache)
+            decoded: dict[tuple[int, int], Any] = {}
+            for role in task.document:  # items that end by length: decoded together, per codec
+                at = [(i, j) for i, r in enumerate(results) for j, g in enumerate(r.items) if g.role == role and g.value is None]
+                if at:
+                    codec = self.codecs[role]
+                    values = codec.check_decoded(codec.decode(Latents.from_list(codec.name, [results[i].items[j].latents for i, j in at])),
+                                                 len(at))
+                    decoded.update(zip(at, values))
+            for i, (doc, r) in enumerate(zip(part, results)):
+                made = [DocItem(self.codecs[g.role].modality, g.value if g.value is not None else decoded[(i, j)])
+                        for j, g in enumerate(r.items)]
+                out.append(GeneratedDocument(list(doc) + made, len(doc), r.ended))
         return out
 
 

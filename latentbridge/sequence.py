@@ -34,6 +34,9 @@ class Segment:
     """[n, D] normalized latents of one item."""
     role: Role = "target"
     """`cond`: clean context without loss; `target`: generated, with loss."""
+    boundary: bool = False
+    """A document's item: the prior learns what follows it (the next segment's codec, or the end of the document) from
+    the clean copy of its last token (PackedBatch.switch)."""
 
 
 Example = list[Segment]
@@ -89,6 +92,9 @@ class PackedBatch:
     channel_mask: Tensor
     """[B, L, Dmax] bool: channels that exist for the token's codec."""
     num_examples: int
+    switch: Tensor | None = None
+    """int64: at the clean copy of a `boundary` segment's last token, what follows it -- the next segment's stream id,
+    or `len(layout.names)` for the end of the document; -1 elsewhere. None when no segment is a boundary."""
 
     @property
     def valid(self) -> Tensor:
@@ -100,13 +106,19 @@ class PackedBatch:
         return self.meta.noisy & ~self.cond & self.valid
 
 
+def end_of_document(layout: SequenceLayout) -> int:
+    """The switch label that ends a document: one past the last stream id."""
+    return len(layout.names)
+
+
 def _example_tokens(example: Example, layout: SequenceLayout, two_copies: bool,
                     unread_clean: bool = True) -> tuple[list[tuple], list[Tensor]]:
     """Token table of one example: the clean copy of every segment, then the noisy copy of the targets.
 
     With `unread_clean` False (two-copy layout only) the clean copies that no noisy token attends to --
-    blocks at or after the example's last target block -- are left out; the loss is unchanged.
-    Returns per-token tuples (codec id, block, noisy, position, cond, segment) and the latents in order.
+    blocks at or after the example's last target block -- are left out; the loss is unchanged. A last segment that is
+    a `boundary` keeps its last block's clean copy: the switch head reads it (what follows: the end).
+    Returns per-token tuples (codec id, block, noisy, position, cond, segment, switch label) and the latents in order.
     """
     rows: list[tuple] = []
     latents: list[Tensor] = []
@@ -121,17 +133,20 @@ def _example_tokens(example: Example, layout: SequenceLayout, two_copies: bool,
         if seg.role not in ("cond", "target"):
             raise ValueError(f"segment {s}: role must be 'cond' or 'target', got {seg.role!r}")
         n, cid, is_cond = lat.shape[0], layout.ids[seg.codec], seg.role == "cond"
+        label = -1
+        if seg.boundary:
+            label = layout.ids[example[s + 1].codec] if s + 1 < len(example) else end_of_document(layout)
         tokens = [(cid, block + j // stream.block_size, position + j, is_cond, s) for j in range(n)]
-        rows += [(c, b, False, p, k, g) for c, b, p, k, g in tokens]
+        rows += [(c, b, False, p, k, g, label if j == n - 1 else -1) for j, (c, b, p, k, g) in enumerate(tokens)]
         latents.append(lat)
         if two_copies and not is_cond:
-            noisy_rows += [(c, b, True, p, k, g) for c, b, p, k, g in tokens]
+            noisy_rows += [(c, b, True, p, k, g, -1) for c, b, p, k, g in tokens]
             noisy_latents.append(lat)
         block += -(-n // stream.block_size)
         position += n
     if two_copies and not unread_clean and noisy_rows:
-        # a noisy token of block b reads the clean copies of blocks < b only
-        last = noisy_rows[-1][1]
+        # a noisy token of block b reads the clean copies of blocks < b only (and the switch head a last boundary's)
+        last = noisy_rows[-1][1] + (1 if example[-1].boundary else 0)
         rows = [r for r in rows if r[1] < last]
         kept = collections.Counter(r[5] for r in rows)  # tokens kept per segment: a prefix of each
         latents = [lat[: kept[s]] for s, lat in enumerate(latents) if kept[s]]
@@ -181,7 +196,7 @@ def pack(
         sample_ids += [i] * n
         fields += rows
     r_idx, c_idx = torch.tensor(flat_rows), torch.tensor(flat_cols)
-    cols = torch.tensor(fields, dtype=torch.long).T  # [6, M]: codec, block, noisy, position, cond, segment
+    cols = torch.tensor(fields, dtype=torch.long).T  # [7, M]: codec, block, noisy, position, cond, segment, switch label
 
     def scatter(values: Tensor, fill, dtype) -> Tensor:
         out = torch.full((b, width), fill, dtype=dtype)
@@ -207,6 +222,7 @@ def pack(
         t=torch.zeros(b, width, dtype=dtype, device=device),
         channel_mask=channel_mask.to(device),
         num_examples=len(examples),
+        switch=scatter(cols[6], -1, torch.long).to(device) if any(seg.boundary for ex in examples for seg in ex) else None,
     )
 
 

@@ -35,7 +35,7 @@ from latentbridge.config import ExperimentConfig
 from latentbridge.data.base import Dataset, epoch_indices
 from latentbridge.errors import ConfigError
 from latentbridge.plugins import Registries, registries
-from latentbridge.sequence import Example, task_examples
+from latentbridge.sequence import Example, Segment, task_examples
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,17 +56,28 @@ class Task:
     target: str
     weight: float = 1.0
     data: DataSpec | None = None
+    document: tuple[str, ...] = ()
+    """A document task: the roles its documents' items go to (cond and target empty; see latentbridge.data.document)."""
 
     @property
     def roles(self) -> tuple[str, ...]:
-        return (*self.cond, self.target)
+        return self.document if self.document else (*self.cond, self.target)
 
     @property
     def direction(self) -> str:
+        if self.document:
+            return f"documents of {', '.join(self.document)}"
         return f"{' + '.join(self.cond) or '(nothing)'} -> {self.target}"
 
-    def examples(self, latents: Mapping[str, Sequence[Tensor]]) -> list[Example]:
-        """Example i = the cond roles' i-th latents as clean context, then the target's i-th latents."""
+    def examples(self, latents: Mapping[str, Sequence[Tensor]], documents: Sequence[Sequence[tuple[str, int]]] | None = None
+                 ) -> list[Example]:
+        """Example i = the cond roles' i-th latents as clean context, then the target's i-th latents. A document task:
+        example i = document i's items in order, `documents[i]` = [(role, index into latents[role])], each a target
+        segment and a boundary (the switch head learns what follows it)."""
+        if self.document:
+            if documents is None:
+                raise ValueError(f"task {self.name} is a document task: pass each document's (role, index) items")
+            return [[Segment(role, latents[role][j], "target", boundary=True) for role, j in doc] for doc in documents]
         n = len(latents[self.target])
         bad = [r for r in self.cond if len(latents[r]) != n]
         if bad:
@@ -90,8 +101,11 @@ def tasks_of(cfg: ExperimentConfig, reg: Registries | None = None, need_data: bo
     its `data` is None."""
     reg = reg or registries()
     if not cfg.tasks:
-        if not cfg.task.target:
+        if not cfg.task.target and not cfg.task.document:
             raise ConfigError("task.target is empty: name the role to generate (e.g. --task.target=image), or give a `tasks` mixture.")
+        if cfg.task.document:
+            return [Task("documents", (), "", 1.0, data_of(cfg, reg) if need_data or cfg.data.name else None,
+                         tuple(cfg.task.document))]
         name = "_to_".join([*cfg.task.cond, cfg.task.target]) if cfg.task.cond else cfg.task.target
         data = data_of(cfg, reg) if need_data or cfg.data.name else None
         return [Task(name, tuple(cfg.task.cond), cfg.task.target, 1.0, data)]
@@ -107,13 +121,14 @@ def tasks_of(cfg: ExperimentConfig, reg: Registries | None = None, need_data: bo
             data = DataSpec(cfg.data.name, reg.datasets.config_of(cfg.data.name, options, where))
         else:
             data = DataSpec(t.data, reg.datasets.config_of(t.data, t.data_config or {}, where))
-        out.append(Task(name, tuple(t.cond), t.target, float(t.weight), data))
+        out.append(Task(name, tuple(t.cond), t.target, float(t.weight), data, tuple(t.document)))
     return out
 
 
 def find_task(tasks: Sequence[Task], cond: Sequence[str] | None, target: str | None) -> Task:
     """The task with these cond roles (in any order; None: any) and target (None: the only one)."""
-    found = [t for t in tasks if (target is None or t.target == target) and (cond is None or sorted(t.cond) == sorted(cond))]
+    found = [t for t in tasks if not t.document and (target is None or t.target == target)
+             and (cond is None or sorted(t.cond) == sorted(cond))]
     if len(found) == 1:
         return found[0]
     have = "; ".join(f"{t.name}: {t.direction}" for t in tasks)
@@ -121,6 +136,30 @@ def find_task(tasks: Sequence[Task], cond: Sequence[str] | None, target: str | N
     if not found:
         raise ConfigError(f"this run has no task {what} (its tasks: {have}). Pass conditions for a task it was trained on.")
     raise ConfigError(f"several tasks fit {what} ({have}); name the target and give the conditions of one of them.")
+
+
+def document_roles(task: Task, modalities: Mapping[str, str]) -> dict[str, str]:
+    """A document task's modality -> role (its roles' codecs must differ in modality: an item names only its modality)."""
+    out: dict[str, str] = {}
+    for role in task.document:
+        m = modalities[role]
+        if m in out:
+            raise ConfigError(f"task {task.name}: roles {out[m]!r} and {role!r} both hold {m} items, so a document's {m} item "
+                              f"could go to either; a document task takes one role per modality (tasks.{task.name}.document).")
+        out[m] = role
+    return out
+
+
+def role_items(task: Task, source: Dataset, raw: Mapping[str, list], role: str, modalities: Mapping[str, str]) -> list:
+    """`role`'s items in a task's raw items by field: its modality's field, or (a document task) the items of its
+    modality taken out of the documents in order. `modalities`: role -> its codec's modality."""
+    if not task.document:
+        return list(raw[source.field(modalities[role], role)])
+    from latentbridge.data.document import flatten
+
+    roles = document_roles(task, {r: modalities[r] for r in task.document})
+    items, _ = flatten(raw[source.field("document")], roles, f"data set '{source.name}' (task {task.name})")
+    return items[role]
 
 
 def shares(weights: Sequence[float], size: int) -> list[int]:
@@ -173,6 +212,13 @@ class TaskMixture:
     def check_fields(self, modalities: Mapping[str, str]) -> None:
         """Every role of every task has a field of its codec's modality in the task's data, or a clear error."""
         for t in self.tasks:
+            if t.document:
+                document_roles(t, modalities)
+                try:
+                    self.source(t).field("document")
+                except ConfigError as err:
+                    raise ConfigError(f"task {t.name} ({t.direction}, data {t.data.name}) is a document task: {err}") from None
+                continue
             for role in t.roles:
                 try:
                     self.source(t).field(modalities[role], role)

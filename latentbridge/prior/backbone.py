@@ -7,6 +7,8 @@ streams only as integer ids with a latent width; it knows neither codecs nor flo
     forward(x [B, L, Dmax], t [B, L], codec [B, L], meta, cache=None, commit=False) -> v [B, L, Dmax]
     new_cache() -> a cache object that forward(cache=...) fills; committed tokens (t = 0) stay in it
     takes_step -> True if forward also takes step [B, L] (the span of a jump, for shortcut models; default False)
+    switch_classes -> size of the switch head (codec streams + 1 for the end of a document; 0: none, the default);
+                      a backbone with one returns (v, logits [B, L, switch_classes]) from forward(..., switch=True)
 
 The attention rule is the two-copy block-causal one of latentbridge.prior.masks (`block_causal_mask` gives it
 for any query/key metadata). Backbones register through the `latentbridge_register_priors` hook and are picked by
@@ -56,6 +58,12 @@ class PriorBackbone(nn.Module):
     def takes_step(self) -> bool:
         """True when forward accepts `step` (the span a jump's averaged velocity is for: shortcut training/solver)."""
         return False
+
+    @property
+    def switch_classes(self) -> int:
+        """Outputs of the switch head forward(..., switch=True) returns beside the velocities (document tasks: which
+        codec stream comes next, or the end); 0 when the backbone has none."""
+        return 0
 
     def new_cache(self) -> Any:
         raise NotImplementedError(f"{type(self).__name__} must implement new_cache() (the KV cache generation commits to)")

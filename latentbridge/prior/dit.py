@@ -50,6 +50,9 @@ class PriorConfig:
     """Codec ids whose tokens get the table; empty: every codec's."""
     step_conditioning: bool = False
     """Embed a second time per token, the span of the step the velocity is for (shortcut models; 0: instantaneous)."""
+    switch_classes: int = 0
+    """Outputs of the switch head, which reads a document item's last token and says what follows: one class per codec
+    stream and one for the end of the document (streams + 1); 0: no head (no document tasks)."""
 
 
 PRESETS: dict[str, dict[str, int]] = {
@@ -99,6 +102,8 @@ class BlockCausalDiT(PriorBackbone):
         self.blocks = nn.ModuleList(DiTBlock(w, config.heads, config.mlp_ratio) for _ in range(config.depth))
         self.final = FinalLayer(w)
         self.out_proj = nn.ModuleList(nn.Linear(w, d) for d in dims)
+        # what follows a document item (a codec stream, or the end): read off the last block's hidden state
+        self.switch_head = nn.Sequential(nn.LayerNorm(w), nn.Linear(w, config.switch_classes)) if config.switch_classes else None
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -129,6 +134,10 @@ class BlockCausalDiT(PriorBackbone):
     @property
     def takes_step(self) -> bool:
         return self.step_embed is not None
+
+    @property
+    def switch_classes(self) -> int:
+        return self.config.switch_classes
 
     # ---- codec streams in and out ------------------------------------------------------------------
 
@@ -167,13 +176,18 @@ class BlockCausalDiT(PriorBackbone):
         cache: KVCache | None = None,
         commit: bool = False,
         step: Tensor | None = None,
-    ) -> Tensor:
+        switch: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """Velocities [B, L, Dmax] of tokens x [B, L, Dmax] at times t [B, L].
 
         With a cache, the tokens also attend to the cached ones; `commit` appends these tokens (which
         must be clean) to the cache. `step` [B, L]: the span each token's velocity averages over (a prior with
-        step_conditioning; None: 0, the instantaneous velocity).
+        step_conditioning; None: 0, the instantaneous velocity). `switch`: also the switch head's logits [B, L,
+        switch_classes] at every token (meaningful at a document item's last clean token), as (velocities, logits).
         """
+        if switch and self.switch_head is None:
+            raise ValueError("this prior has no switch head (prior config switch_classes = 0): it was built without a "
+                             "document task, so it cannot say which codec comes next")
         keys = meta if cache is None else cache.keys_meta(meta)
         mask = self.attention_mask(meta, keys)
         h = self.embed(x, codec)  # [B, L, W]
@@ -190,7 +204,8 @@ class BlockCausalDiT(PriorBackbone):
             h = block(h, c, self.rope, cos_sin, mask, cache, i)
         if commit and cache is not None:
             cache.commit(meta)
-        return self.project(self.final(h, c), codec)
+        v = self.project(self.final(h, c), codec)
+        return (v, self.switch_head(h)) if switch else v
 
 
 def _flex_block_mask(q: TokenMeta, k: TokenMeta):

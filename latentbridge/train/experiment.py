@@ -22,7 +22,7 @@ from latentbridge.codecs import Codec
 from latentbridge.config import ExperimentConfig
 from latentbridge.errors import ConfigError
 from latentbridge.plugins import Registries, registries
-from latentbridge.tasks import TaskMixture, tasks_of
+from latentbridge.tasks import TaskMixture, role_items, tasks_of
 from latentbridge.train.feed import Feed
 from latentbridge.train.latent_cache import CachedStream, build_cache
 from latentbridge.train.rundir import RunLock, check_run_dir
@@ -30,11 +30,11 @@ from latentbridge.train.trainer import Trainer
 from latentbridge.typedconfig import save_config
 
 
-def gather_role(parts: list, mix: TaskMixture, role: str, codec: Codec) -> list:
-    """The items of `role` gathered over a mixture's parts [(task, raw by field)]."""
+def gather_role(parts: list, mix: TaskMixture, role: str, modalities: dict[str, str]) -> list:
+    """The items of `role` gathered over a mixture's parts [(task, raw by field)] (taken out of documents too)."""
     out: list = []
     for task, raw in parts:
-        out += raw[mix.source(task).field(codec.modality, role)]
+        out += role_items(task, mix.source(task), raw, role, modalities)
     return out
 
 
@@ -86,7 +86,7 @@ def _train(cfg: ExperimentConfig, run_dir: Path, reg: Registries, *, resume: boo
         unused = [r for r in modalities if not any(r in t.roles for t in tasks)]
         if unused:
             raise ConfigError(f"codecs {', '.join(unused)} are in no task of the mixture; use them in a task or remove them.")
-    else:  # one task encodes every role's items from its data set
+    elif not tasks[0].document:  # one task encodes every role's items from its data set
         for role, modality in modalities.items():
             source.field(modality, role)
     codecs = build_codecs(cfg, reg)
@@ -106,9 +106,9 @@ def _train(cfg: ExperimentConfig, run_dir: Path, reg: Registries, *, resume: boo
         codec = codecs[role]
         if not cfg.codecs[role].pretrained and not codec.publishes_stats:  # stats a wrapped model publishes are kept
             if mixture:
-                items = gather_role(mix.stats_sample(role, 4096), mix, role, codec)
+                items = gather_role(mix.stats_sample(role, 4096), mix, role, modalities)
             else:
-                items = source.stats_sample(4096)[source.field(codec.modality, role)]
+                items = role_items(tasks[0], source, source.stats_sample(4096), role, modalities)
             codec.fit_stats([codec.collate(items[i : i + 256]) for i in range(0, len(items), 256)])
         if _main_process():  # every process holds the same codec; two writers would race for the directory's rename
             codec.save_pretrained(directory)
@@ -146,8 +146,15 @@ def _train(cfg: ExperimentConfig, run_dir: Path, reg: Registries, *, resume: boo
         finish_codec(role, saved)
         if int(os.environ.get("RANK", "0")) == 0:
             shutil.rmtree(pre_stage_dir(run_dir, role), ignore_errors=True)  # the finished codec is what is kept
+    documents = [t.name for t in tasks if t.document]
+    if documents and stage == "joint":
+        raise ConfigError(f"train.stage=joint trains one codec beside the prior on one task's items; {', '.join(documents)} "
+                          "are document tasks, which it does not take yet. Train the codecs first (stage prior).")
     caches = {}
     if cfg.train.cache_latents and stage != "codec":
+        if documents:
+            raise ConfigError(f"train.cache_latents: {', '.join(documents)} are document tasks, whose items vary in number "
+                              "and kind per example; they are encoded each step. Set train.cache_latents=false.")
         if mixture:
             raise ConfigError("train.cache_latents works for one `task`; a task mixture encodes its items each step. "
                               "Set train.cache_latents=false.")

@@ -24,8 +24,9 @@ from typing import Any, Sequence
 import torch
 
 from latentbridge.codecs import Codec
+from latentbridge.data.document import flatten
 from latentbridge.errors import ConfigError
-from latentbridge.tasks import Task, TaskMixture, shares, task_seed
+from latentbridge.tasks import Task, TaskMixture, document_roles, shares, task_seed
 from latentbridge.train.latent_cache import join_rows
 
 
@@ -48,6 +49,8 @@ class Part:
     """Role -> the codec's collated items, or a cached Posterior."""
     positions: list[int]
     """Each example's position in the step's global batch."""
+    documents: list[list[tuple[str, int]]] | None = None
+    """A document task: each example's items in order, as (role, index into that role's collated items)."""
 
 
 @dataclasses.dataclass
@@ -122,8 +125,26 @@ class Feed:
             return self._reader(task, hi - lo, rank, world).next(), None
         return self.mix.take(task, index, n, lo, hi, gen=step_generator(self.seed, index))
 
+    def _documents(self, task: Task, raw: dict[str, list], index: int, positions: Sequence[int]
+                   ) -> tuple[dict[str, list], list[list[tuple[str, int]]]]:
+        """A document task's items by role (each augmented with its own generator when the codec augments) and each
+        document's structure [(role, index)]."""
+        roles = document_roles(task, {r: self.codecs[r].modality for r in task.document})
+        where = f"data set '{self.mix.source(task).name}' (task {task.name})"
+        docs = raw[self.mix.source(task).field("document")]
+        items, structure = flatten(docs, roles, where)
+        for role, values in items.items():
+            codec = self.codecs[role]
+            if codec.augments:  # item k of document p: generator (p, 16 + k), independent of the batch
+                owner = [(positions[d], k) for d, doc in enumerate(structure) for k, (r, _) in enumerate(doc) if r == role]
+                items[role] = [codec.augment([x], example_generator(self.seed, index, p, 16 + k))[0]
+                               for x, (p, k) in zip(values, owner)]
+        return items, structure
+
     def _items(self, role: str, task: Task, raw: dict[str, list], index: int, positions: Sequence[int]) -> list:
         """A role's raw items of one part, each augmented with its own generator when the codec augments."""
+        if task.document:
+            return self._documents(task, raw, index, positions)[0][role]
         codec = self.codecs[role]
         items = raw[self.mix.source(task).field(codec.modality, role)]
         if codec.augments:
@@ -148,6 +169,10 @@ class Feed:
                 positions = list(range(lo, hi))
                 if self.role is not None:  # a codec's own training: its items from every task that uses it, collated once
                     items += self._items(self.role, task, raw, index, positions)
+                elif task.document:
+                    by_role, structure = self._documents(task, raw, index, positions)
+                    parts.append(Part(task, {r: self.codecs[r].collate(v) for r, v in by_role.items() if v}, positions,
+                                      structure))
                 else:
                     parts.append(Part(task, {r: self._role_batch(r, task, raw, idx, index, positions) for r in task.roles},
                                       positions))

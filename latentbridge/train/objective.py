@@ -149,8 +149,13 @@ def prior_loss(
     teacher_substeps: int = 8,
     teacher_guidance: float = 1.0,
     loss_weights: Mapping[str, float] | None = None,
+    switch_weight: float = 1.0,
 ) -> dict[str, Tensor]:
     """Flow-matching loss on the noisy copies: {"loss": total, "loss/<codec>": per codec stream}.
+
+    Examples with `boundary` segments (documents) also train the prior's switch head: cross-entropy of what follows
+    each such segment (the next segment's codec, or the end) read at the clean copy of its last token, added to the
+    total with `switch_weight`; "switch" and "switch_acc" report it.
 
     With `noise.d` (draw_noise(shortcut=...)) it is the shortcut objective: blocks with d > 0 regress, at jump 2d,
     the mean of the network's own two jumps of d (computed without gradient), the others flow-match at jump 0.
@@ -191,8 +196,18 @@ def prior_loss(
     clean = z0 if clean_grad else z0.detach()
     x = torch.where(noisy[..., None], interpolate(z0, eps, t), clean)
     target = velocity_target(z0, eps)
+    labels = packed.switch  # [B, L] or None
+    logits = None
+
+    def run(*args, **kw) -> Tensor:  # the prior's velocity; with documents, also keeps the switch logits
+        nonlocal logits
+        if labels is None:
+            return prior(*args, **kw)
+        v, logits = prior(*args, switch=True, **kw)
+        return v
+
     if noise.d is None:
-        pred = prior(x, t, packed.codec, packed.meta)
+        pred = run(x, t, packed.codec, packed.meta)
     else:  # shortcut: self-consistency blocks regress the mean of two jumps of d (no gradient) with one jump of 2d
         d = torch.zeros_like(t)
         d[rows, cols] = noise.d.to(t)
@@ -213,7 +228,7 @@ def prior_loss(
                 moved = torch.where(jumping, x.detach() - d[..., None] * first, x.detach())
                 second = prior(moved, torch.where(jumping[..., 0], t - d, t), packed.codec, packed.meta, step=d)
                 target = torch.where(jumping, 0.5 * (first + second).to(target.dtype), target)
-        pred = prior(x, t, packed.codec, packed.meta, step=2 * d)
+        pred = run(x, t, packed.codec, packed.meta, step=2 * d)
     mask = packed.loss_mask
     masks = {"loss": mask}
     if len(layout.names) > 1:
@@ -230,6 +245,11 @@ def prior_loss(
             total, count = flow_matching_sums(pred, target, m, packed.channel_mask, token_weight if name == "loss" else None)
         sums.append(total)
         counts.append(count)
+    if labels is not None:
+        at = labels >= 0
+        ce = torch.nn.functional.cross_entropy(logits[at].float(), labels[at], reduction="sum")
+        hits = (logits[at].argmax(-1) == labels[at]).sum().to(ce.dtype).detach()
+        counts += [at.sum().to(counts[0].dtype)]
     counts_t = torch.stack(counts)
     if mean_count is not None:
         counts_t = mean_count(counts_t)
@@ -237,6 +257,10 @@ def prior_loss(
     for (name, m), total, count in zip(masks.items(), sums, counts_t):
         if name == "loss" or bool(m.any()) or mean_count is not None:  # a codec absent here may be present elsewhere
             out[name] = total / count.clamp_min(1.0)
+    if labels is not None:
+        n = counts_t[-1].clamp_min(1.0)
+        out["switch"], out["switch_acc"] = ce / n, hits / n
+        out["loss"] = out["loss"] + switch_weight * out["switch"]
     return out
 
 

@@ -145,8 +145,15 @@ class StageLoss(nn.Module):
         examples, noises = [], []
         for part in items.parts:  # this process's examples only, each with its own randomness
             gens = [example_generator(cfg.seed, items.index, p, 1) for p in part.positions]
-            latents = {r: self._latents(r, part.batch[r], gens) for r in part.task.roles}
-            for ex, g in zip(part.task.examples(latents), gens):
+            if part.documents is None:
+                latents = {r: self._latents(r, part.batch[r], gens) for r in part.task.roles}
+            else:  # a document's items: item k of the example at position p samples its posterior with (p, 32 + k)
+                latents = {}
+                for r, batch in part.batch.items():
+                    owner = [(p, k) for p, doc in zip(part.positions, part.documents) for k, (role, _) in enumerate(doc)
+                             if role == r]
+                    latents[r] = self._latents(r, batch, [example_generator(cfg.seed, items.index, p, 32 + k) for p, k in owner])
+            for ex, g in zip(part.task.examples(latents, part.documents), gens):
                 ex = drop_conditions([ex], cfg.train.cond_dropout, g, each=cfg.train.cond_dropout_mode == "each")[0]
                 examples.append(ex)
                 noises.append(draw_noise([ex], self.layout, self.samplers, g, shortcut=self.shortcut))
@@ -154,7 +161,7 @@ class StageLoss(nn.Module):
                          row_length=cfg.train.row_length, mean_count=_mean_over_processes if _world() > 1 else None,
                          teacher=self.teacher, teacher_substeps=cfg.train.teacher_substeps,
                          teacher_guidance=cfg.train.teacher_guidance,
-                         loss_weights={r: s.loss_weight for r, s in cfg.codecs.items()})
+                         loss_weights={r: s.loss_weight for r, s in cfg.codecs.items()}, switch_weight=cfg.train.switch_weight)
         if self.stage == "joint":
             codec, mine = self.codecs[self.role], items.parts[0].batch[self.role]
             own = codec.loss(mine)

@@ -4,7 +4,7 @@ from latentbridge.hookspecs import hookimpl
 
 from latentbridge_toy.codecs import LabelCodec, VectorCodec
 from latentbridge_toy.evaluators import RingEvaluator
-from latentbridge_toy.ring import RingData
+from latentbridge_toy.ring import RingData, RingDocuments
 
 
 @hookimpl
@@ -16,6 +16,7 @@ def latentbridge_register_codecs(register):
 @hookimpl
 def latentbridge_register_datasets(register):
     register(RingData)
+    register(RingDocuments)
 
 
 @hookimpl

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from latentbridge.data import Dataset
+from latentbridge.data import Dataset, DocItem
 from latentbridge.errors import ConfigError
 
 
@@ -140,3 +140,56 @@ def _read_points(path: str) -> tuple[Tensor, Tensor]:
         raise ConfigError(f"data.config.path: {path} holds points {tuple(points.shape)} and labels {tuple(labels.shape)}; "
                           "expected [N, 2] and [N].")
     return points, labels
+
+
+@dataclasses.dataclass
+class RingDocumentOptions:
+    """Options of the `ring_documents` data set."""
+
+    num_classes: int = 8
+    """Number of classes K of the ring."""
+
+
+class RingDocuments(Dataset):
+    """Documents of labels and points with a known switch rule: [label k, a point of class k], and when k is even a
+    second pair [label k + 1, a point of class k + 1] follows; then the document ends. What follows a point depends on
+    the first label (context) and on the item's place; a label is always followed by a point. Fresh documents every
+    step; held-out splits are fresh with their own seeds."""
+
+    name = "ring_documents"
+    config_class = RingDocumentOptions
+    fields = {"document": "documents"}
+    finite = False
+
+    def __init__(self, config: RingDocumentOptions | None = None, seed: int = 0) -> None:
+        super().__init__(config, seed)
+        self.ring = GaussianRing(self.config.num_classes)
+
+    def documents(self, n: int, generator: torch.Generator) -> list[list[DocItem]]:
+        k = self.config.num_classes
+        first = torch.randint(0, k, (n,), generator=generator)
+        second = (first + 1) % k
+        p1, _ = self.ring.sample(n, generator, labels=first)
+        p2, _ = self.ring.sample(n, generator, labels=second)
+        out = []
+        for i in range(n):
+            doc = [DocItem("label", int(first[i])), DocItem("vector", p1[i])]
+            if int(first[i]) % 2 == 0:
+                doc += [DocItem("label", int(second[i])), DocItem("vector", p2[i])]
+            out.append(doc)
+        return out
+
+    def batch(self, step: int, size: int, generator: torch.Generator) -> dict[str, list]:
+        return {"documents": self.documents(size, generator)}
+
+    def stats_sample(self, n: int) -> dict[str, list]:
+        return {"documents": self.documents(n, torch.Generator().manual_seed(self.seed + 1))}
+
+    def split(self, name: str, n: int | None = None) -> dict[str, list]:
+        seed = self.seed + {"validation": 2, "test": 3}.get(name, 4)
+        return {"documents": self.documents(n or 500, torch.Generator().manual_seed(seed))}
+
+
+def switch_truth(document: list) -> list[str]:
+    """What follows each item of a `ring_documents` document: the next item's modality, or "end"."""
+    return [document[i + 1][0] if i + 1 < len(document) else "end" for i in range(len(document))]
