@@ -258,7 +258,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from latentbridge.pipeline import sample_run
 
     written = sample_run(args.run_dir, tasks=args.task, prompts=args.prompt, n=args.samples or 16, guidance_scales=args.guidance,
-                         out=args.out, progress=not args.no_progress, steps=args.steps, solver=args.solver)
+                         out=args.out, progress=not args.no_progress, steps=args.steps, solver=args.solver,
+                         document=args.document, prefix_items=args.prefix_items, max_items=args.max_items)
     folders = sorted({str(p.parent) for p in written})
     for folder in folders:
         print(f"wrote {sum(str(p.parent) == folder for p in written)} file(s) to {folder}")
@@ -404,6 +405,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "for a task without conditions (repeatable)")
     p.add_argument("--task", action="append", help="sample this task (repeatable; default: all of the run's tasks)")
     p.add_argument("--out", help="output directory (default: the run's samples/)")
+    p.add_argument("--document", action="store_true", help="continue documents with the run's document task: from the first "
+                   "--prefix-items items of held-out documents, or from each --prompt as a one-text-item prefix; writes an HTML "
+                   "page per document (samples/<task>/g<scale>/index.html)")
+    p.add_argument("--prefix-items", type=_positive, default=1, help="--document: held-out items each document starts from (default 1)")
+    p.add_argument("--max-items", type=_positive, default=6, help="--document: most items generated per document (default 6)")
     _sampling_arguments(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_sample)

@@ -725,16 +725,23 @@ def _accepts(codec: Codec, items: Sequence[Any]) -> bool:
 def sample_run(run_dir: str | Path, *, tasks: Sequence[str] | None = None, prompts: Sequence[Any] | None = None, n: int = 16,
                guidance_scales: Sequence[float] | None = None, out: str | Path | None = None,
                registries: Registries | None = None, progress: bool = False, steps: int | None = None,
-               solver: str | None = None) -> list[Path]:
+               solver: str | None = None, document: bool = False, prefix_items: int = 1, max_items: int = 6) -> list[Path]:
     """`latentbridge sample`: generate each task of a run (or `tasks`) and write the items, never scoring them.
 
     From `prompts` (items of a task's one condition role, or text to continue for a task without conditions), else
     from the first n held-out examples of the task's data set (a task without conditions: n from nothing). Writes
-    <out>/<task>/g<scale>/ through the target codec's write_items (out defaults to the run's samples/)."""
+    <out>/<task>/g<scale>/ through the target codec's write_items (out defaults to the run's samples/).
+
+    With `document`, the run's document task instead: documents continued from the first `prefix_items` items of
+    held-out documents (or from each prompt as a one-text-item prefix), at most `max_items` new items each, written
+    as HTML pages (<out>/<task>/g<scale>/index.html and doc_NNN.html)."""
     from latentbridge.tasks import TaskMixture
 
     pipe = Pipeline.from_pretrained(run_dir, registries).set_sampling(steps, solver)
-    everything = pipe.tasks
+    if document:
+        return _sample_documents(pipe, prompts, n, guidance_scales, Path(out) if out else Path(run_dir) / "samples", prefix_items,
+                                 max_items, progress)
+    everything = [t for t in pipe.tasks if not t.document]  # document tasks: `sample --document`
     known = {t.name: t for t in everything}
     unknown = [t for t in tasks or [] if t not in known]
     if unknown:
@@ -765,4 +772,29 @@ def sample_run(run_dir: str | Path, *, tasks: Sequence[str] | None = None, promp
             items = pipe.generate(conditions, prompts=given, target=task.target, guidance=g, seed=pipe.cfg.seed, num=num,
                                   progress=progress)
             written += write_generated(pipe.codecs[task.target], items, out_dir / task.name / f"g{g:g}", labels)
+    return written
+
+
+def _sample_documents(pipe: Pipeline, prompts: Sequence[Any] | None, n: int, guidance_scales: Sequence[float] | None, out: Path,
+                      prefix_items: int, max_items: int, progress: bool) -> list[Path]:
+    from latentbridge.document_page import write_document_pages
+    from latentbridge.tasks import TaskMixture
+
+    task = pipe.document_task()
+    modalities = {pipe.codecs[r].modality: r for r in task.document}
+    if prompts:
+        if "text" not in modalities:
+            raise ConfigError(f"--prompt starts a document with a text item, but task {task.name} has no text role "
+                              f"(its roles: {', '.join(task.document)}); leave out --prompt to start from held-out documents.")
+        prefixes = [[DocItem("text", p)] for p in prompts]
+    else:
+        data = TaskMixture([task], pipe.cfg.seed, pipe.registries).source(task)
+        docs = data.split("test", n)[data.field("document")]
+        prefixes = [list(d)[:prefix_items] for d in docs]
+    codecs = {m: pipe.codecs[r] for m, r in modalities.items()}
+    written: list[Path] = []
+    for g in guidance_scales or pipe.cfg.eval.guidance_scales[:1]:
+        made = pipe.generate_document(prefixes, max_items=max_items, guidance=g, seed=pipe.cfg.seed, progress=progress)
+        written += write_document_pages([(d.items, d.prefix, d.ended) for d in made], codecs, out / task.name / f"g{g:g}",
+                                        title=f"{task.name} (guidance {g:g})")
     return written

@@ -18,7 +18,6 @@ from typing import Any
 import torch
 
 from latentbridge.build import build_codecs, resolve_codec_configs
-from latentbridge.codecs import Codec
 from latentbridge.config import ExperimentConfig
 from latentbridge.errors import ConfigError
 from latentbridge.plugins import Registries, registries
