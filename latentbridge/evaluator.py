@@ -165,9 +165,17 @@ class EvalContext:
         return self.pipeline.generate(dict(conditions) if conditions else None, prompts=prompts, target=self.task.target,
                                       guidance=guidance, seed=self.seed, progress=self.progress)
 
+    def generate_documents(self, prefixes: Sequence[Sequence[Any]], guidance: float = 1.0, max_items: int = 6) -> list:
+        """Documents continued from these prefixes (Pipeline.generate_document), deterministic under the run's seed."""
+        return self.pipeline.generate_document(prefixes, guidance=guidance, max_items=max_items, seed=self.seed,
+                                               progress=self.progress)
+
     def held_out(self, n: int | None = None, split: str = "test") -> dict[str, list]:
-        """The task's held-out items by role (each role's codec modality picks its field)."""
+        """The task's held-out items by role (each role's codec modality picks its field; a document task: its
+        documents, under "document")."""
         raw = self.dataset.split(split, n)
+        if self.task.document:
+            return {"document": list(raw[self.dataset.field("document")])}
         return {r: raw[self.dataset.field(self.codecs[r].modality, r)] for r in self.task.roles}
 
     def samples_dir(self) -> Path:
@@ -185,7 +193,8 @@ class Evaluator:
     cond: ClassVar[tuple[str, ...] | None] = None
     """Modalities of the task's conditions, in order (() for none; None: any)."""
     target: ClassVar[str | None] = None
-    """Modality of the task's target (None: any)."""
+    """Modality of the task's target (None: any directional task); "document" for evaluators of document tasks, which
+    apply to those only (and the others never to them)."""
     datasets: ClassVar[tuple[str, ...] | None] = None
     """Registered data-set names whose tasks it scores (None: any)."""
     description: ClassVar[str] = ""
@@ -197,6 +206,8 @@ class Evaluator:
     @classmethod
     def applies(cls, cond: Sequence[str], target: str, dataset: str) -> bool:
         """Whether it scores a task whose conditions have modalities `cond`, whose target is `target`, on `dataset`."""
+        if (target == "document") != (cls.target == "document"):
+            return False
         return ((cls.cond is None or tuple(cls.cond) == tuple(cond)) and (cls.target is None or cls.target == target)
                 and (cls.datasets is None or dataset in cls.datasets))
 

@@ -644,6 +644,45 @@ class Pipeline:
                               "task `document: [roles...]` (docs/documents.md).")
         return found[0]
 
+    def _document_prefixes(self, task: Task, docs: Sequence[Sequence[Any]]) -> tuple[list[Example], dict[str, str]]:
+        """Documents (lists of (modality, value)) as examples of boundary target segments, encoded by their roles' codecs."""
+        roles = document_roles(task, {r: self.codecs[r].modality for r in task.document})
+        checked = [as_document(d, roles, f"document {i}") for i, d in enumerate(docs)]
+        by_role: dict[str, list] = {}
+        for doc in checked:
+            for item in doc:
+                by_role.setdefault(roles[item.modality], []).append(item.value)
+        lat = {r: iter(self.codecs[r].encode_items(v).unbind()) for r, v in by_role.items()}
+        return [[Segment(roles[it.modality], next(lat[roles[it.modality]]), "target", boundary=True) for it in doc]
+                for doc in checked], roles
+
+    @torch.no_grad()
+    def document_switches(self, documents: Sequence[Sequence[Any]], batch_size: int = 64) -> list[list[str]]:
+        """What the switch head says follows each item of each given document, read with the whole document before it
+        (teacher forcing): the modality of the next item, or "end"."""
+        task = self.document_task()
+        end = end_of_document(self.layout)
+        allowed = torch.full((end + 1,), float("-inf"))
+        allowed[[self.layout.ids[r] for r in task.document] + [end]] = 0.0
+        names = {self.layout.ids[r]: self.codecs[r].modality for r in task.document} | {end: "end"}
+        prior, out = self.prior, []
+        param = next(prior.parameters())
+        for start in range(0, len(documents), batch_size):
+            examples, _ = self._document_prefixes(task, documents[start : start + batch_size])
+            packed = pack(examples, self.layout, two_copies=False)
+            meta = TokenMeta(*(m.to(param.device) for m in (packed.meta.sample, packed.meta.block, packed.meta.noisy,
+                                                             packed.meta.position)))
+            x = packed.values.to(param.device, param.dtype)
+            _, logits = prior(x, torch.zeros(packed.codec.shape, dtype=param.dtype, device=param.device),
+                              packed.codec.to(param.device), meta, switch=True)
+            choice = (logits.float().cpu() + allowed).argmax(-1)  # [B, L]
+            at = packed.switch.cpu() >= 0
+            for i in range(len(examples)):
+                mine = at & (packed.meta.sample.cpu() == i)
+                order = packed.meta.position.cpu()[mine].argsort()  # items in document order
+                out.append([names[int(c)] for c in choice[mine][order]])
+        return out
+
     @torch.no_grad()
     def generate_document(self, prefix_items: Sequence[Sequence[Any]], *, max_items: int = 6, guidance: float | None = None,
                           steps: int | None = None, seed: int = 0, batch_size: int = 32, max_tokens: int | None = None,
@@ -656,8 +695,7 @@ class Pipeline:
         `guidance`: one classifier-free scale against the block alone (null: the config's first sampling.guidance);
         `max_tokens`: the most latents of one variable-length item (text; null: its codec's max_tokens)."""
         task = self.document_task()
-        modalities = {r: self.codecs[r].modality for r in task.document}
-        roles = document_roles(task, modalities)
+        roles = document_roles(task, {r: self.codecs[r].modality for r in task.document})
         docs = [as_document(d, roles, f"generate_document: prefix {i}") for i, d in enumerate(prefix_items)]
         s = self.cfg.sampling
         guidance = float(s.guidance[0] if guidance is None else guidance)
@@ -673,13 +711,7 @@ class Pipeline:
         out: list[GeneratedDocument] = []
         for start in tqdm(range(0, len(docs), batch_size), desc="generate documents", disable=not progress, dynamic_ncols=True):
             part = docs[start : start + batch_size]
-            by_role: dict[str, list] = {}
-            for doc in part:
-                for item in doc:
-                    by_role.setdefault(roles[item.modality], []).append(item.value)
-            lat = {r: iter(self.codecs[r].encode_items(v).unbind()) for r, v in by_role.items()}
-            prefixes = [[Segment(roles[it.modality], next(lat[roles[it.modality]]), "target", boundary=True) for it in doc]
-                        for doc in part]
+            prefixes, _ = self._document_prefixes(task, part)
             results = generate_documents(prior, self.layout, prefixes, lengths, allowed=list(task.document), streams=streams,
                                          max_items=max_items, steps=steps or s.steps, solver=s.solver, shift=s.shift,
                                          guidance=guidance, guidance_interval=s.guidance_interval, seed=seed, first_index=start,

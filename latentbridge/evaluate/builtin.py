@@ -1,6 +1,6 @@
 """The built-in plugin of evaluators: the generic ones, registered through the public hook like any other."""
 
-from latentbridge.evaluate.generic import PriorFit, Reconstruction, Samples
+from latentbridge.evaluate.generic import DocumentSwitches, PriorFit, Reconstruction, Samples
 from latentbridge.hookspecs import hookimpl
 
 
@@ -9,3 +9,4 @@ def latentbridge_register_evaluators(register):
     register(PriorFit)
     register(Reconstruction)
     register(Samples)
+    register(DocumentSwitches)

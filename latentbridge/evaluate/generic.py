@@ -7,6 +7,10 @@
     samples          generated items of the task written as files through the target codec's write_items, at
                      every guidance scale, beside the held-out items of the same conditions (reference/); a task whose
                      codec writes no files is skipped
+    document-switches  (document tasks) the switch head's choice of what follows each item of held-out documents, read
+                     with the document before it, against the truth; the shuffled control reads another document's
+                     choices against this one's truth. Also writes HTML pages of documents continued from their first
+                     item (samples/<task>/g<scale>/).
 """
 
 from __future__ import annotations
@@ -120,3 +124,44 @@ class Samples(Evaluator):
 def _plain_items(codec: Any) -> bool:
     """Whether the codec's items are plain values the base class writes (text, numbers)."""
     return all(isinstance(x, (str, int, float)) for x in codec.example_items(2, torch.Generator().manual_seed(0)))
+
+
+@dataclasses.dataclass
+class DocumentSwitchesConfig:
+    """Options of the document-switches evaluator."""
+
+    pages: int = 8
+    """Documents continued from their first held-out item and written as HTML pages, per guidance scale."""
+    max_items: int = 6
+    """Most items generated per written document."""
+
+
+class DocumentSwitches(Evaluator):
+    """Switch placement on held-out documents (teacher forced), with its shuffled-document control, and pages."""
+
+    name = "document-switches"
+    target = "document"
+    config_class = DocumentSwitchesConfig
+    description = "what the switch head says follows each item of held-out documents; pages of continued documents"
+
+    def evaluate(self) -> dict[str, Any]:
+        from latentbridge.document_page import write_document_pages
+        from latentbridge.evaluator import PerItem, derangement, summarize
+
+        ctx = self.ctx
+        docs = ctx.held_out(ctx.samples)["document"]
+        truth = [[item[0] for item in d[1:]] + ["end"] for d in docs]
+        said = ctx.pipeline.document_switches(docs)
+        order = derangement(len(docs), ctx.seed + 17)
+        right = [float(a == b) for s, t in zip(said, truth) for a, b in zip(s, t)]
+        control = [float(a == b) for i, t in enumerate(truth) for a, b in zip(said[order[i]], t)]
+        ends = [float(s[-1] == "end") for s in said]
+        figures, ci = summarize({"switch accuracy": PerItem(right), "shuffled switch accuracy": PerItem(control),
+                                 "ends where the document ends": PerItem(ends)}, ctx.seed)
+        codecs = {ctx.codecs[r].modality: ctx.codecs[r] for r in ctx.task.document}
+        for g in ctx.guidance_scales:
+            made = ctx.generate_documents([list(d)[:1] for d in docs[: self.options.pages]], g, self.options.max_items)
+            write_document_pages([(d.items, d.prefix, d.ended) for d in made], codecs,
+                                 ctx.run_dir / "samples" / ctx.task.name / f"g{g:g}", title=f"{ctx.task.name} (guidance {g:g})")
+        return {"items": {"documents": len(docs), "boundaries": len(right)}, "teacher forced": figures,
+                "ci95": {"teacher forced": ci}}

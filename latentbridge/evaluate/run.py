@@ -65,11 +65,12 @@ def evaluate_run(run_dir: str | Path, *, samples: int | None = None, guidance_sc
                                                                                            "steps": cfg.sampling.steps}}))
     for task in tasks:
         cond = tuple(pipe.codecs[r].modality for r in task.cond)
-        target = pipe.codecs[task.target].modality
+        target = "document" if task.document else pipe.codecs[task.target].modality
         applying = [e for e in entries if e.cls.applies(cond, target, task.data.name)]
         if not applying:
             raise ConfigError(f"no evaluator applies to task {task.name} ({task.direction}); eval.evaluators leaves out "
-                              "the generic ones (prior-fit, reconstruction, samples), which apply to every task.")
+                              "the generic ones (prior-fit, reconstruction, samples for directional tasks; document-switches "
+                              "for document tasks), which apply to every task of their kind.")
         rows: dict[str, Any] = {**(report["tasks"].get(task.name, {}) if keep else {}), "direction": task.direction,
                                 "data": task.data.name}
         t0 = time.perf_counter()

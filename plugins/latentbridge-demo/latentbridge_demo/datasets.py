@@ -179,3 +179,43 @@ class SpeechData(ItemDataset):
         else:
             waves, texts, _ = self._load(split)
         return {"audio": list(waves), "text": list(texts)}
+
+
+@dataclasses.dataclass
+class StoryOptions:
+    """Options of the `stories` data set."""
+
+    stories: int = 6000
+    """Stories rendered for training (held-out splits get 1/20 as many, at least 192)."""
+    image_size: int = 32
+    """Side of the square images in pixels."""
+    scene_objects: list[str] | None = None
+    """The emoji the stories are about, by name (null: all 32 scene emoji)."""
+    held_out_combinations: int | None = None
+    """Pairs and triples of `scene_objects` only the test split shows (as for the `images` data set)."""
+
+
+class StoryData(ItemDataset):
+    """Illustrated stories (latentbridge_demo.data.stories): documents of sentences and scene images, in three kinds
+    whose opening sentence says where the document switches modality and ends. One field, `document`."""
+
+    name = "stories"
+    config_class = StoryOptions
+    fields = {"document": "document"}
+
+    def load(self, split: str) -> dict[str, list]:
+        from latentbridge_demo.data.stories import story_documents
+
+        c = self.config
+        n = c.stories if split == "train" else max(192, c.stories // 20)
+        docs, _ = story_documents(split, n, c.image_size, vocabulary=c.scene_objects, held_out=c.held_out_combinations)
+        return {"document": docs}
+
+    def truth(self, split: str, n: int | None = None) -> list:
+        """The Story behind each document of split(split, n), in the same order."""
+        from latentbridge_demo.data.stories import make_stories
+        from latentbridge_demo.data.images import scene_vocabulary
+
+        c = self.config
+        count = c.stories if split == "train" else max(192, c.stories // 20)
+        return make_stories(split, count, 0, scene_vocabulary(c.scene_objects), c.held_out_combinations)[:n]

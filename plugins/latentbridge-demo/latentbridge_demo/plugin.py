@@ -2,7 +2,7 @@
 
 from latentbridge.hookspecs import hookimpl
 
-from latentbridge_demo.datasets import ImageData, SpeechData, TextData
+from latentbridge_demo.datasets import ImageData, SpeechData, StoryData, TextData
 from latentbridge_demo.evaluators import CaptionToImage, ImageToCaption, SpeechToText, TextContinuation, TextToSpeech
 
 
@@ -11,6 +11,7 @@ def latentbridge_register_datasets(register):
     register(TextData)
     register(ImageData)
     register(SpeechData)
+    register(StoryData)
 
 
 @hookimpl
