@@ -82,6 +82,8 @@ def _same_item(a: Any, b: Any, atol: float) -> bool:
     if isinstance(a, Tensor) and isinstance(b, Tensor):
         tol = atol if a.is_floating_point() else max(atol, 1.0)
         return a.shape == b.shape and torch.allclose(a.float(), b.float(), atol=tol, rtol=0)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):  # documents: items (modality, value) in order
+        return type(a) is type(b) and len(a) == len(b) and all(_same_item(x, y, atol) for x, y in zip(a, b))
     return type(a) is type(b) and a == b
 
 
@@ -340,9 +342,14 @@ class DatasetConformance:
         return cls(from_dict(cls.config_class, copy.deepcopy(self.dataset_config or {}), "data.config"), self.seed if seed is None else seed)
 
     def _fields(self, data: Dataset, items: Any, what: str) -> int:
-        from latentbridge.data import check_items
+        from latentbridge.data import as_document, check_items
 
         check_items(data, items, what)
+        if "document" in data.fields:  # each document a non-empty list of (modality, value) items with content
+            docs = items[data.fields["document"]]
+            kinds = {item[0] for doc in docs for item in doc if isinstance(item, tuple) and item}
+            for i, doc in enumerate(docs):
+                as_document(doc, kinds, f"data set '{data.name}' {what}, document {i}")
         return len(items[next(iter(data.fields.values()))])
 
     def test_declares_name_fields_and_options(self) -> None:

@@ -6,6 +6,8 @@
     text-to-speech      text -> audio on `speech`: word error rate of pocketsphinx (closed vocabulary) on the speech
     speech-to-text      audio -> text on `speech`: word accuracy and word error rate of the transcripts
     text-continuation   (nothing) -> text on any data set: MiniLM similarity of continued held-out prompts to their rest
+    stories             documents on `stories`: switch placement, caption -> image, image -> sentence and sentence ->
+                        swapped image, each continued from held-out story prefixes, against shuffled-document controls
 
 latentbridge runs each across the guidance scales and with the shuffled-condition control
 (latentbridge.evaluator); the reference figures (the evaluators' own ceilings) come from `prepare`.
@@ -13,6 +15,7 @@ latentbridge runs each across the guidance scales and with the shuffled-conditio
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
@@ -252,3 +255,110 @@ class TextContinuation(Evaluator):
     def write_samples(self, eval_set: EvalSet, generated: list, guidance: float) -> None:
         path = self.ctx.samples_dir() / f"{self.ctx.task.name}_continuations.txt"
         path.write_text("".join(f"{p} >>> {o}\n" for p, o in zip(eval_set.prompts, generated)))
+
+
+@dataclasses.dataclass
+class StoriesConfig:
+    """Options of the stories evaluator."""
+
+    per_kind: int = 64
+    """Held-out stories of each kind (caption, describe, swap) to continue."""
+    pages: int = 12
+    """Continued stories written as HTML pages per guidance scale."""
+
+
+class Stories(Evaluator):
+    """Interleaved stories (the `stories` data set), continued by the prior from held-out prefixes, each with its
+    shuffled-document control (the prefix of another story, scored against this story's truth):
+
+        from the opening sentence   switch placement (what follows each item, and the end) and the whole structure;
+                                    for caption stories, whether the generated image matches the caption (arrangement)
+        from sentence + image       (describe, swap) whether the generated sentence says what the image shows
+        from sentence, image,       (swap) whether the generated second image is the swapped scene the sentence and
+        sentence                    the opening call for
+    """
+
+    name = "stories"
+    target, datasets = "document", ("stories",)
+    config_class = StoriesConfig
+    description = "switch placement, image-matches-text and text-describes-image on held-out illustrated stories"
+
+    def evaluate(self) -> dict[str, Any]:
+        from latentbridge.document_page import write_document_pages
+        from latentbridge.evaluator import derangement, summarize
+        from latentbridge_demo.evaluate.images import SceneChecker
+
+        ctx, k = self.ctx, self.options.per_kind
+        opts = ctx.dataset.config
+        docs, truth = ctx.held_out()["document"], ctx.dataset.truth("test")
+        picked = [i for kind in ("caption", "describe", "swap") for i in [j for j, s in enumerate(truth) if s.kind == kind][:k]]
+        docs, truth = [docs[i] for i in picked], [truth[i] for i in picked]
+        checker = SceneChecker(opts.image_size, opts.scene_objects)
+        _, real_ok = checker.check([d[1][1] for d in docs], [s.scene for s in truth])
+        rows: dict[str, Any] = {"scene_checker_accuracy_on_real_scenes": float(np.mean(real_ok)),
+                                "items": {k2: sum(s.kind == k2 for s in truth) for k2 in ("caption", "describe", "swap")},
+                                "held-out pairs": len({tuple(sorted(o.name for o in s.scene.objects)) for s in truth})}
+        describe = [i for i, s in enumerate(truth) if s.kind != "caption"]
+        swap = [i for i, s in enumerate(truth) if s.kind == "swap"]
+        intervals = {}
+        codecs = {ctx.codecs[r].modality: ctx.codecs[r] for r in ctx.task.document}
+        for g in ctx.guidance_scales:
+            row, scores = {}, {}
+            for shuffled in (False, True):
+                tag = "shuffled " if shuffled else ""
+
+                def source(idx: list[int], salt: int) -> list[int]:  # whose prefix each evaluated story starts from
+                    order = derangement(len(idx), ctx.seed + salt) if shuffled else list(range(len(idx)))
+                    return [idx[j] for j in order]
+
+                every = list(range(len(docs)))
+                made = ctx.generate_documents([docs[i][:1] for i in source(every, 1)], g, max_items=4)
+                scores.update(self._structure(made, truth, tag))
+                cap = [i for i in every if truth[i].kind == "caption"]
+                images = [_item(made[i], 1, "image") for i in cap]
+                scores[f"{tag}caption -> image arrangement"] = self._arrangement(checker, images, [truth[i].scene for i in cap])
+                if not shuffled:
+                    write_document_pages([(d.items, d.prefix, d.ended) for d in made[:: max(1, len(made) // self.options.pages)]],
+                                         codecs, ctx.samples_dir() / ctx.task.name / f"g{g:g}", title=f"stories (guidance {g:g})")
+                made = ctx.generate_documents([docs[i][:2] for i in source(describe, 2)], g, max_items=3)
+                said = [_item(d, 2, "text") for d in made]
+                scores[f"{tag}image -> sentence exact"] = PerItem([s is not None and _norm(s) == _norm(truth[i].texts[1])
+                                                                   for s, i in zip(said, describe)])
+                made = ctx.generate_documents([docs[i][:3] for i in source(swap, 3)], g, max_items=2)
+                images = [_item(d, 3, "image") for d in made]
+                scores[f"{tag}sentence -> swapped image arrangement"] = self._arrangement(checker, images,
+                                                                                          [truth[i].second for i in swap])
+            figures, ci = summarize(scores, ctx.seed)
+            row.update(figures)
+            rows[f"guidance {g:g}"] = row
+            intervals[f"guidance {g:g}"] = ci
+        rows["ci95"] = intervals
+        return rows
+
+    @staticmethod
+    def _structure(made: list, truth: list, tag: str) -> dict[str, Any]:
+        right, whole = [], []
+        for d, s in zip(made, truth):
+            got = [i.modality for i in d.items]
+            follows = [got[j + 1] if j + 1 < len(got) else ("end" if d.ended else "cut") for j in range(len(got))]
+            want = s.follows()
+            right += [float(j < len(follows) and follows[j] == w) for j, w in enumerate(want)]
+            whole.append(float(got == s.structure and d.ended))
+        return {f"{tag}switch accuracy": PerItem(right), f"{tag}whole structure": PerItem(whole)}
+
+    @staticmethod
+    def _arrangement(checker, images: list, scenes: list) -> PerItem:
+        ok = [False] * len(images)
+        have = [j for j, im in enumerate(images) if im is not None]
+        if have:
+            _, whole = checker.check([images[j] for j in have], [scenes[j] for j in have])
+            for j, w in zip(have, whole):
+                ok[j] = w
+        return PerItem(ok)
+
+
+def _item(document, index: int, modality: str):
+    """The value of a generated document's item `index` when it has that modality, else None (it is missing or of
+    another kind: scored as wrong)."""
+    items = document.items
+    return items[index].value if index < len(items) and items[index].modality == modality else None

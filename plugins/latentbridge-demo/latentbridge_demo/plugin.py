@@ -3,7 +3,7 @@
 from latentbridge.hookspecs import hookimpl
 
 from latentbridge_demo.datasets import ImageData, SpeechData, StoryData, TextData
-from latentbridge_demo.evaluators import CaptionToImage, ImageToCaption, SpeechToText, TextContinuation, TextToSpeech
+from latentbridge_demo.evaluators import CaptionToImage, ImageToCaption, SpeechToText, Stories, TextContinuation, TextToSpeech
 
 
 @hookimpl
@@ -16,5 +16,5 @@ def latentbridge_register_datasets(register):
 
 @hookimpl
 def latentbridge_register_evaluators(register):
-    for evaluator in (CaptionToImage, ImageToCaption, TextToSpeech, SpeechToText, TextContinuation):
+    for evaluator in (CaptionToImage, ImageToCaption, TextToSpeech, SpeechToText, TextContinuation, Stories):
         register(evaluator)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from latentbridge.testing import DatasetConformance
-from latentbridge_demo.datasets import ImageData, SpeechData, TextData
+from latentbridge_demo.datasets import ImageData, SpeechData, StoryData, TextData
 
 
 class TestTextData(DatasetConformance):
@@ -18,3 +18,8 @@ class TestImageData(DatasetConformance):
 class TestSpeechData(DatasetConformance):
     dataset_class = SpeechData
     dataset_config = {"sources": ["flite"], "words": "objects", "scene_objects": ["frog", "tomato", "lemon"]}
+
+
+class TestStoryData(DatasetConformance):
+    dataset_class = StoryData
+    dataset_config = {"stories": 30, "scene_objects": ["frog", "tomato", "lemon", "pig"], "held_out_combinations": 3}
