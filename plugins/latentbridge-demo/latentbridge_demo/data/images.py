@@ -66,7 +66,7 @@ def hash_split(key: str, fractions: tuple[float, float] = (0.9, 0.95)) -> str:
 PLURALS = frozenset({"grapes"})
 
 
-def _article(name: str) -> str:
+def article(name: str) -> str:
     if name in PLURALS:
         return "some " + name
     return ("an " if name[0] in "aeiou" else "a ") + name
@@ -149,9 +149,9 @@ def make_scene(rng: np.random.Generator, vocabulary: Sequence[str] = SCENE_VOCAB
         first, second = {"above": ((0.5, near), (0.5, far)), "below": ((0.5, far), (0.5, near)),
                           "to the left of": ((near, 0.5), (far, 0.5)), "to the right of": ((far, 0.5), (near, 0.5))}[relation]
         objs = tuple(SceneObject(n, x + jitter(), y + jitter(), 0.45) for n, (x, y) in zip(names, (first, second)))
-        return Scene(objs, f"{_article(names[0])} {relation} {_article(names[1])}", relation)
+        return Scene(objs, f"{article(names[0])} {relation} {article(names[1])}", relation)
     objs = tuple(SceneObject(n, x, 0.5 + jitter(), 0.32) for n, x in zip(names, (1 / 6, 3 / 6, 5 / 6)))
-    return Scene(objs, f"{_article(names[0])}, {_article(names[1])} and {_article(names[2])} in a row")
+    return Scene(objs, f"{article(names[0])}, {article(names[1])} and {article(names[2])} in a row")
 
 
 def scenes(split: str, n: int, seed: int = 0, vocabulary: Sequence[str] | None = None,

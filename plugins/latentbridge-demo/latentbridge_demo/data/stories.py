@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from latentbridge_demo.data.images import (
-    RELATIONS, Scene, SceneObject, _article, cached_npz, held_out_tag, render_scene, scene_vocabulary, scenes, vocabulary_tag,
+    RELATIONS, Scene, SceneObject, article, cached_npz, held_out_tag, render_scene, scene_vocabulary, scenes, vocabulary_tag,
 )
 
 KINDS = ("caption", "describe", "swap")
@@ -39,8 +39,8 @@ def opening(kind: str, scene: Scene) -> str:
     if kind == "caption":
         return scene.caption
     if kind == "describe":
-        return f"here are {_article(a)} and {_article(b)}."
-    return f"{_article(a)} and {_article(b)} swap places."
+        return f"here are {article(a)} and {article(b)}."
+    return f"{article(a)} and {article(b)} swap places."
 
 
 def relation_sentence(scene: Scene) -> str:
@@ -55,7 +55,7 @@ def swapped(scene: Scene) -> Scene:
     a, b = scene.objects
     objs = (SceneObject(a.name, b.x, b.y, a.size), SceneObject(b.name, a.x, a.y, b.size))
     relation = OPPOSITE[scene.relation]
-    return Scene(objs, f"{_article(a.name)} {relation} {_article(b.name)}", relation)
+    return Scene(objs, f"{article(a.name)} {relation} {article(b.name)}", relation)
 
 
 @dataclasses.dataclass(frozen=True)
