@@ -151,8 +151,8 @@ def test_switch_loss_is_cross_entropy_at_each_items_last_token():
     noise = draw_noise(docs, LAYOUT, {n: LogitNormal() for n in LAYOUT.names}, torch.Generator().manual_seed(0))
     out = prior_loss(prior, LAYOUT, docs, noise=noise, switch_weight=0.5)
     flow = prior_loss(prior, LAYOUT, [[Segment(s.codec, s.latents, s.role) for s in d] for d in docs], noise=noise)
-    assert "switch" in out and "switch" not in flow
-    assert torch.allclose(out["loss"], flow["loss"] + 0.5 * out["switch"], atol=1e-6)
+    assert float(flow["switch"].detach()) == 0.0 and float(out["switch"].detach()) > 0  # no boundaries: nothing to classify
+    assert torch.allclose(out["loss"], flow["loss"] + 0.5 * out["switch"], rtol=1e-5)
     assert out["switch"] > 0.1 and 0.0 <= float(out["switch_acc"]) <= 1.0
 
 
@@ -256,3 +256,22 @@ def test_sample_document_writes_a_page_per_document(toy_run, tmp_path):
     assert len(pages) == 3 and (tmp_path / "documents" / "g1" / "index.html").exists()
     text = pages[0].read_text()
     assert "(prefix)" in text and "(generated)" in text and "end of document" in text
+
+
+@pytest.mark.slow
+def test_two_processes_train_documents_with_the_losses_of_one(tmp_path):
+    """A mixture whose documents fall unevenly over the processes (one holds only documents, the other documents and
+    directional examples): the flow and switch losses per step are those of one process."""
+    args = ["train", str(ROOT / "configs/toy_documents.yaml"), "--no-progress", "--train.codec_steps=0", "--train.steps=12",
+            "--train.log_every=1", "--train.batch_size=32", "--train.checkpoint_every=12", "--train.warmup_steps=3"]
+    bin_dir = Path(sys.executable).parent
+    for name, launcher in (("one", [str(bin_dir / "latentbridge")]),
+                           ("two", [str(bin_dir / "torchrun"), "--nproc_per_node", "2", "-m", "latentbridge"])):
+        proc = subprocess.run([*launcher, *args, "--run-dir", str(tmp_path / name)], env=_env(), capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {n: [json.loads(x) for x in (tmp_path / n / "metrics.jsonl").read_text().splitlines()] for n in ("one", "two")}
+    one, two = ({r["step"]: r for r in rows[n] if r["stage"] == "prior"} for n in ("one", "two"))
+    assert sorted(one) == sorted(two) == list(range(12))
+    for key in ("loss", "switch"):
+        assert max(abs(one[s][key] - two[s][key]) for s in one) <= 1e-5, key

@@ -132,6 +132,17 @@ def _draw_noise(examples: Sequence[Example], layout: SequenceLayout, samplers: M
     return BatchNoise(eps, t, offsets)
 
 
+def switch_classes(prior: torch.nn.Module) -> int:
+    """The switch head's size of a prior, also when wrapped (DDP, FSDP, torch.compile)."""
+    for _ in range(4):
+        if isinstance(prior, PriorBackbone):
+            return prior.switch_classes
+        prior = getattr(prior, "module", None) or getattr(prior, "_orig_mod", None)
+        if prior is None:
+            return 0
+    return 0
+
+
 def prior_loss(
     prior: PriorBackbone,
     layout: SequenceLayout,
@@ -197,11 +208,14 @@ def prior_loss(
     x = torch.where(noisy[..., None], interpolate(z0, eps, t), clean)
     target = velocity_target(z0, eps)
     labels = packed.switch  # [B, L] or None
+    # a prior with a switch head always runs it, also on a batch without documents (one process's slice of a mixture
+    # may hold none): every process then computes the same terms, and DDP sees every parameter used
+    use_head = labels is not None or switch_classes(prior) > 0
     logits = None
 
     def run(*args, **kw) -> Tensor:  # the prior's velocity; with documents, also keeps the switch logits
         nonlocal logits
-        if labels is None:
+        if not use_head:
             return prior(*args, **kw)
         v, logits = prior(*args, switch=True, **kw)
         return v
@@ -245,10 +259,13 @@ def prior_loss(
             total, count = flow_matching_sums(pred, target, m, packed.channel_mask, token_weight if name == "loss" else None)
         sums.append(total)
         counts.append(count)
-    if labels is not None:
-        at = labels >= 0
-        ce = torch.nn.functional.cross_entropy(logits[at].float(), labels[at], reduction="sum")
-        hits = (logits[at].argmax(-1) == labels[at]).sum().to(ce.dtype).detach()
+    if use_head:
+        at = labels >= 0 if labels is not None else torch.zeros(logits.shape[:2], dtype=torch.bool, device=logits.device)
+        if bool(at.any()):
+            ce = torch.nn.functional.cross_entropy(logits[at].float(), labels[at], reduction="sum")
+        else:
+            ce = logits.float().sum() * 0.0  # nothing to classify here: a zero that keeps the head in the graph
+        hits = (logits[at].argmax(-1) == labels[at]).sum().to(ce.dtype).detach() if bool(at.any()) else ce.detach() * 0
         counts += [at.sum().to(counts[0].dtype)]
     counts_t = torch.stack(counts)
     if mean_count is not None:
@@ -257,7 +274,7 @@ def prior_loss(
     for (name, m), total, count in zip(masks.items(), sums, counts_t):
         if name == "loss" or bool(m.any()) or mean_count is not None:  # a codec absent here may be present elsewhere
             out[name] = total / count.clamp_min(1.0)
-    if labels is not None:
+    if use_head:
         n = counts_t[-1].clamp_min(1.0)
         out["switch"], out["switch_acc"] = ce / n, hits / n
         out["loss"] = out["loss"] + switch_weight * out["switch"]
