@@ -275,3 +275,44 @@ def test_two_processes_train_documents_with_the_losses_of_one(tmp_path):
     assert sorted(one) == sorted(two) == list(range(12))
     for key in ("loss", "switch"):
         assert max(abs(one[s][key] - two[s][key]) for s in one) <= 1e-5, key
+
+
+# -- your own documents: the generic `documents` data set ------------------------------------------------------
+
+def write_documents(folder: Path) -> Path:
+    from PIL import Image
+
+    (folder / "img").mkdir(parents=True)
+    for i, colour in enumerate(("red", "blue", "green")):
+        Image.new("RGB", (40, 30), colour).save(folder / "img" / f"{i}.png")
+    lines = [{"document": [{"text": f"picture {i}."}, {"image": f"img/{i % 3}.png"}, {"text": "the end."}]} for i in range(40)]
+    lines[5] = {"document": [{"text": "a missing picture"}, {"image": "img/none.png"}]}  # a bad line, skipped and counted
+    lines[6] = {"document": []}
+    path = folder / "docs.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return path
+
+
+class TestJsonlDocuments:
+    def test_documents_stream_with_their_media_and_bad_lines_are_skipped(self, tmp_path):
+        from latentbridge.data.generic import DocumentOptions, JsonlDocuments
+        from latentbridge.data.stream import StreamReader
+
+        data = JsonlDocuments(DocumentOptions(path=str(write_documents(tmp_path)), image_size=16, num_workers=0,
+                                              test_fraction=0.1, validation_fraction=0.1))
+        reader = StreamReader(data, "train", 8, seed=0, rank=0, world=1)
+        docs = [d for _ in range(4) for d in reader.next()["document"]]
+        reader.close()
+        assert all([i.modality for i in d] == ["text", "image", "text"] for d in docs)
+        assert all(d[1].value.shape == (16, 16, 3) and d[1].value.dtype.name == "uint8" for d in docs)
+        assert reader.skipped >= 1  # the missing picture and the empty document never reach training
+
+    def test_a_document_line_that_is_not_a_document_is_a_bad_record(self, tmp_path):
+        from latentbridge.data.generic import DocumentOptions, JsonlDocuments
+        from latentbridge.data.stream import BadRecord, Record
+
+        data = JsonlDocuments(DocumentOptions(path=str(write_documents(tmp_path))))
+        for line, words in ((b'{"document": [{"video": "x.mp4"}]}', "each item is one of"), (b"not json", "not a JSON line"),
+                            (b'{"items": []}', "no items under 'document'")):
+            with pytest.raises(BadRecord, match=words):
+                data.decode(Record("k", (str(tmp_path / "docs.jsonl"), line), "here"))

@@ -3,6 +3,7 @@
     imagefolder   images (PNG/JPEG/WebP) + captions from metadata.jsonl / metadata.csv or a sidecar .txt per image
     audiofolder   clips (WAV/FLAC/OGG) + transcripts, the same conventions
     text          .txt (an item per line or per paragraph), .jsonl, .csv, .parquet with a chosen column
+    documents     interleaved documents, a JSON line each: [{"text": ...}, {"image": path}, {"audio": path}, ...]
     hf            a `datasets` dataset saved with save_to_disk, or Parquet/Arrow files loaded through `datasets`
     webdataset    tar shards (brace patterns), fields by file extension
 
@@ -405,6 +406,81 @@ class TextFiles(StreamingDataset):
         return {self.config.field: decode_text(text)}
 
 
+# -- documents: interleaved items of several modalities ---------------------------------------------------------
+
+
+@dataclasses.dataclass
+class DocumentOptions(StreamOptions, MediaOptions):
+    path: str = ""
+    """A .jsonl file, a folder or a glob of them: one document per line, e.g.
+    {"document": [{"text": "a cat."}, {"image": "cats/1.png"}, {"text": "it sleeps."}, {"audio": "purr.wav"}]}
+    (media paths relative to the .jsonl file's folder)."""
+    key: str = "document"
+    """The key of each line that holds the document's items."""
+    shard_size: int = 1000
+    """Lines per shard."""
+
+
+class JsonlDocuments(StreamingDataset):
+    """Interleaved documents from JSON lines: each item one of {"text": str}, {"image": path}, {"audio": path}; a line
+    that is not such a document (no items, an unknown kind, a missing or unreadable file) is a bad record, skipped and
+    counted (or, with on_error: fail, stops training naming the line). One field, `document` (docs/documents.md)."""
+
+    name = "documents"
+    config_class = DocumentOptions
+    fields = {"document": "document"}
+    KINDS = ("text", "image", "audio")
+
+    def __init__(self, config: Any = None, seed: int = 0) -> None:
+        super().__init__(config, seed)
+        c = self.config
+        if not c.path:
+            raise ConfigError("data set 'documents': set data.config.path to your .jsonl file(s) of documents.")
+        self.files = expand_paths(c.path, None, (".jsonl", ".json"))
+        if not self.files:
+            raise ConfigError(f"data set 'documents': no .jsonl files at {c.path!r}. Check data.config.path.")
+        self.root = c.path if os.path.isdir(c.path) else os.path.dirname(self.files[0])
+
+    def list_shards(self, split: str | None) -> list[Shard]:
+        files = self.files
+        if split is not None:
+            import fnmatch
+
+            pats = [p for p in self.config.split_files[split].split(";") if p]
+            files = [f for f in files if any(fnmatch.fnmatch(os.path.relpath(f, self.root), p) for p in pats)]
+        return [shard for path in files for shard in _line_shards(path, _line_offsets(path), self.config.shard_size)]
+
+    def records(self, shard: Shard) -> Iterator[Record]:
+        for i, raw in _read_units(shard, paragraphs=False):
+            yield Record(f"{os.path.relpath(shard.path, self.root)}:{i}", (shard.path, raw), f"{shard.path}:{i + 1}")
+
+    def decode(self, record: Record) -> dict[str, Any]:
+        from latentbridge.data.document import DocItem
+
+        path, raw = record.data
+        try:
+            row = json.loads(raw.decode("utf-8"))
+        except ValueError as err:
+            raise BadRecord(f"not a JSON line ({err})") from None
+        items = row.get(self.config.key) if isinstance(row, dict) else None
+        if not isinstance(items, list) or not items:
+            raise BadRecord(f"no items under {self.config.key!r} (a non-empty list of {{kind: value}}; set data.config.key)")
+        c, folder, doc = self.config, os.path.dirname(path), []
+        for k, item in enumerate(items):
+            if not isinstance(item, dict) or len(item) != 1 or next(iter(item)) not in self.KINDS:
+                raise BadRecord(f"item {k} is {item!r}; each item is one of {{'text': ...}}, {{'image': path}}, {{'audio': path}}")
+            kind, value = next(iter(item.items()))
+            if kind == "text":
+                doc.append(DocItem("text", decode_text(str(value))))
+                continue
+            file = os.path.join(folder, str(value))
+            if not os.path.isfile(file):
+                raise BadRecord(f"item {k}: no file {file}")
+            decoded = decode_image(file, c.image_size) if kind == "image" else decode_audio(file, c.sample_rate, c.max_seconds)
+            doc.append(DocItem(kind, decoded))
+        return {"document": doc}
+
+
 # -- Hugging Face datasets ------------------------------------------------------------------------------------
 
 
@@ -587,4 +663,4 @@ class WebDatasetShards(StreamingDataset):
         return out
 
 
-GENERIC_DATASETS = (ImageFolder, AudioFolder, TextFiles, HFDataset, WebDatasetShards)
+GENERIC_DATASETS = (ImageFolder, AudioFolder, TextFiles, JsonlDocuments, HFDataset, WebDatasetShards)
