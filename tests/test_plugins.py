@@ -159,10 +159,10 @@ def test_module_registries_are_cached_and_refreshable():
 
 def test_data_sets_and_evaluators_register_through_their_hooks():
     regs = registries_with(RegistersData(Pairs))
-    generic = ["audiofolder", "hf", "imagefolder", "text", "webdataset"]  # the core's own, through the same hook
+    generic = ["audiofolder", "documents", "hf", "imagefolder", "text", "webdataset"]  # the core's own, through the same hook
     assert regs.datasets.names() == sorted(["pairs", *generic]) and regs.datasets.entry("pairs").provider.endswith("(registered at runtime)")
     assert all(regs.datasets.entry(n).provider.startswith("latentbridge ") for n in generic)
-    assert "scorer" in regs.evaluators and {"prior-fit", "reconstruction", "samples"} <= set(regs.evaluators.names())
+    assert "scorer" in regs.evaluators and {"prior-fit", "reconstruction", "samples", "document-switches"} <= set(regs.evaluators.names())
     data = regs.datasets.create("pairs", {"n": 3}, seed=0)
     assert len(data) == 3 and data.split("test", 2) == {"left": ["item 0", "item 1"], "right": [0, 1]}
 
@@ -173,7 +173,7 @@ def test_data_set_and_evaluator_names_are_unique_and_known():
     with pytest.raises(DuplicateNameError, match="evaluator name 'scorer' is registered twice"):
         registries_with(RegistersData(Pairs), RegistersData())
     regs = registries_with(RegistersData(Pairs))
-    with pytest.raises(UnknownNameError, match=r"^data\.name: unknown data set 'pair'\. Did you mean 'pairs'\? Installed data sets: audiofolder, hf, imagefolder, pairs, text, webdataset\."):
+    with pytest.raises(UnknownNameError, match=r"^data\.name: unknown data set 'pair'\. Did you mean 'pairs'\? Installed data sets: audiofolder, documents, hf, imagefolder, pairs, text, webdataset\."):
         regs.datasets.create("pair")
     with pytest.raises(UnknownNameError, match=r"^eval\.evaluators\[0\]: unknown evaluator 'scorr'\. Did you mean 'scorer'\?"):
         regs.evaluators.entry("scorr", "eval.evaluators[0]")
