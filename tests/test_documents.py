@@ -316,3 +316,17 @@ class TestJsonlDocuments:
                             (b'{"items": []}', "no items under 'document'")):
             with pytest.raises(BadRecord, match=words):
                 data.decode(Record("k", (str(tmp_path / "docs.jsonl"), line), "here"))
+
+
+@pytest.mark.slow
+def test_eval_scores_the_document_task_with_its_evaluators_only(toy_run):
+    """`eval --evaluator document-switches` on a mixture: the document task is scored (switch accuracy far above its
+    shuffled-document control), the directional task it does not apply to is left out rather than refused."""
+    proc = subprocess.run([sys.executable, "-m", "latentbridge", "eval", str(toy_run), "--evaluator", "document-switches",
+                           "--samples", "64", "--no-progress"], env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((toy_run / "report.json").read_text())["tasks"]
+    assert "label_to_point" not in report and "left out" in proc.stdout
+    figures = report["documents"]["document-switches"]["teacher forced"]
+    interval = report["documents"]["document-switches"]["ci95"]["teacher forced"]
+    assert figures["switch accuracy"] >= 0.95 and interval["switch accuracy"][0] > interval["shuffled switch accuracy"][1]

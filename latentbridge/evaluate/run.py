@@ -67,6 +67,9 @@ def evaluate_run(run_dir: str | Path, *, samples: int | None = None, guidance_sc
         cond = tuple(pipe.codecs[r].modality for r in task.cond)
         target = "document" if task.document else pipe.codecs[task.target].modality
         applying = [e for e in entries if e.cls.applies(cond, target, task.data.name)]
+        if not applying and evaluators:  # some evaluators asked for by name: the tasks they do not score are left as they are
+            log(f"{task.name} ({task.direction}): none of {', '.join(evaluators)} applies; left out")
+            continue
         if not applying:
             raise ConfigError(f"no evaluator applies to task {task.name} ({task.direction}); eval.evaluators leaves out "
                               "the generic ones (prior-fit, reconstruction, samples for directional tasks; document-switches "
