@@ -27,8 +27,9 @@ def _item_html(item: Any, modality: str, codec: Codec | None, folder: Path, name
             paths = codec.write_items([item], folder, [name])
         except NotImplementedError:
             paths = []
+        own = [p for p in paths if name in Path(p).stem]  # the item's own file, not a codec's grid of everything written
         parts = []
-        for p in paths:
+        for p in own or paths:
             rel = html.escape(f"{folder.name}/{Path(p).relative_to(folder).as_posix()}")
             suffix = Path(p).suffix.lower()
             if suffix in IMAGE:

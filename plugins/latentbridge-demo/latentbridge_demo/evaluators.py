@@ -317,7 +317,9 @@ class Stories(Evaluator):
                 cap = [i for i in every if truth[i].kind == "caption"]
                 images = [_item(made[i], 1, "image") for i in cap]
                 scores[f"{tag}caption -> image arrangement"] = self._arrangement(checker, images, [truth[i].scene for i in cap])
-                if not shuffled:
+                if not shuffled:  # a whole generated story agreeing with itself; its control pairs two stories' items
+                    scores.update(self._self_consistent(checker, [made[i] for i in describe], [made[i] for i in swap],
+                                                        checker.names, ctx.seed))
                     write_document_pages([(d.items, d.prefix, d.ended) for d in made[:: max(1, len(made) // self.options.pages)]],
                                          codecs, ctx.samples_dir() / ctx.task.name / f"g{g:g}", title=f"stories (guidance {g:g})")
                 made = ctx.generate_documents([docs[i][:2] for i in source(describe, 2)], g, max_items=3)
@@ -345,6 +347,37 @@ class Stories(Evaluator):
             right += [float(j < len(follows) and follows[j] == w) for j, w in enumerate(want)]
             whole.append(float(got == s.structure and d.ended))
         return {f"{tag}switch accuracy": PerItem(right), f"{tag}whole structure": PerItem(whole)}
+
+    @staticmethod
+    def _self_consistent(checker, described: list, swapped_docs: list, names: list, seed: int) -> dict[str, PerItem]:
+        """In stories generated from their opening alone: does the generated sentence say what the generated image
+        before it shows, and (swap stories) is the second generated image the swap the sentence calls for? Each also
+        with the sentence of one story against the image of another (the shuffled-document control)."""
+        from latentbridge.evaluator import derangement
+        from latentbridge_demo.data.stories import pair_scene, parse_relation, swapped
+
+        def said(d):
+            text = _item(d, 2, "text")
+            found = parse_relation(text, names) if text is not None else None
+            return pair_scene(*found) if found else None
+
+        def score(images, scenes, after=lambda sc: sc):
+            ok = [False] * len(images)
+            have = [j for j, (im, sc) in enumerate(zip(images, scenes)) if im is not None and sc is not None]
+            if have:
+                _, whole = checker.check([images[j] for j in have], [after(scenes[j]) for j in have])
+                for j, w in zip(have, whole):
+                    ok[j] = w
+            return PerItem(ok)
+
+        out = {}
+        for key, docs, image_at, after in (("story: sentence says what its image shows", described, 1, lambda sc: sc),
+                                           ("story: second image is the swap the sentence says", swapped_docs, 3, swapped)):
+            scenes, images = [said(d) for d in docs], [_item(d, image_at, "image") for d in docs]
+            order = derangement(len(docs), seed + 5)
+            out[key] = score(images, scenes, after)
+            out[f"shuffled {key}"] = score([images[j] for j in order], scenes, after)
+        return out
 
     @staticmethod
     def _arrangement(checker, images: list, scenes: list) -> PerItem:

@@ -71,3 +71,16 @@ def test_arrangement_scores_a_rendered_scene_against_its_truth(relation_ok):
     scene = story.scene if relation_ok else st.swapped(story.scene)
     score = Stories._arrangement(SceneChecker(32, OBJECTS), [render_scene(scene, 32), None], [story.scene, story.scene])
     assert score.values == [float(relation_ok), 0.0]
+
+
+def test_a_generated_story_is_scored_against_what_its_own_sentence_says():
+    stories = [s for s in st.make_stories("test", 12, vocabulary=OBJECTS, held_out=24) if s.kind == "swap"]
+    docs = [_doc([("text", s.texts[0]), ("image", render_scene(s.scene, 32)), ("text", s.texts[1]),
+                  ("image", render_scene(s.second, 32))]) for s in stories]
+    lying = _doc([("text", stories[0].texts[0]), ("image", render_scene(st.swapped(stories[0].scene), 32)),
+                  ("text", stories[0].texts[1]), ("image", render_scene(stories[0].scene, 32))])
+    scores = Stories._self_consistent(SceneChecker(32, OBJECTS), docs + [lying], docs + [lying], OBJECTS, 0)
+    assert scores["story: sentence says what its image shows"].values == [1.0] * len(docs) + [0.0]
+    assert scores["story: second image is the swap the sentence says"].values == [1.0] * len(docs) + [0.0]
+    assert st.parse_relation("the frog is above the lemon.", OBJECTS) == ("frog", "above", "lemon")
+    assert st.parse_relation("a frog above a lemon", OBJECTS) is None

@@ -123,3 +123,28 @@ def story_documents(split: str, n: int, size: int = 32, seed: int = 0, vocabular
             doc.append(DocItem("image", images["second"][i]))
         docs.append(doc)
     return docs, stories
+
+
+PLACES = {"above": ((0.5, 0.27), (0.5, 0.73)), "below": ((0.5, 0.73), (0.5, 0.27)),
+          "to the left of": ((0.27, 0.5), (0.73, 0.5)), "to the right of": ((0.73, 0.5), (0.27, 0.5))}
+"""Where a pair scene draws its first and second emoji for each relation (images.make_scene, without the jitter)."""
+
+
+def pair_scene(a: str, relation: str, b: str) -> Scene:
+    """The scene "a <relation> b" laid out as the data draws it: what a sentence says an image should show."""
+    (xa, ya), (xb, yb) = PLACES[relation]
+    return Scene((SceneObject(a, xa, ya, 0.45), SceneObject(b, xb, yb, 0.45)), f"{article(a)} {relation} {article(b)}", relation)
+
+
+def parse_relation(sentence: str, names: Sequence[str]) -> tuple[str, str, str] | None:
+    """(a, relation, b) of a sentence "the a is <relation> the b." over the emoji `names`, or None when it says
+    something else."""
+    import re
+
+    words = " ".join(re.findall(r"[a-z']+", sentence.lower()))
+    alt = "|".join(map(re.escape, names))
+    for relation in RELATIONS:
+        m = re.fullmatch(rf"(?:the )?({alt}) (?:is|are) {relation} (?:the )?({alt})", words)
+        if m and m.group(1) != m.group(2):
+            return m.group(1), relation, m.group(2)
+    return None
