@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from latentbridge.pipeline import generate_latents
+from latentbridge.generation import generate_latents
 from latentbridge.sequence import Segment, SequenceLayout
 from latentbridge_cola.dit import DiTArch
 from latentbridge_cola.dit import count_parameters as dit_parameters

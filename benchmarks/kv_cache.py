@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from latentbridge.pipeline import generate_latents
+from latentbridge.generation import generate_latents
 from latentbridge.prior import BlockCausalDiT, prior_config
 from latentbridge.sequence import SequenceLayout, Stream
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from latentbridge.pipeline import Pipeline, generate_latents
+from latentbridge.generation import generate_latents
+from latentbridge.pipeline import Pipeline
 from latentbridge.sequence import Segment
 from test_generation import LAYOUT, make_prior, text
 

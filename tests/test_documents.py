@@ -17,7 +17,8 @@ from latentbridge.data import DocItem, as_document
 from latentbridge.data.document import flatten
 from latentbridge.errors import ConfigError, DatasetOutputError
 from latentbridge.flow import LogitNormal
-from latentbridge.pipeline import Pipeline, generate_documents
+from latentbridge.generation import generate_documents
+from latentbridge.pipeline import Pipeline
 from latentbridge.prior import BlockCausalDiT, block_causal_mask, prior_config
 from latentbridge.sequence import Segment, SequenceLayout, Stream, end_of_document, pack
 from latentbridge.train.objective import draw_noise, prior_loss

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from latentbridge.pipeline import _guidance_variants, generate_latents
+from latentbridge.generation import _guidance_variants, generate_latents
 from latentbridge.prior import BlockCausalDiT, prior_config
 from latentbridge.prior.cache import KVCache
 from latentbridge.sequence import Segment, SequenceLayout, Stream

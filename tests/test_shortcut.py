@@ -8,7 +8,7 @@ import torch
 from latentbridge.config import load_config
 from latentbridge.errors import ConfigError
 from latentbridge.flow import LogitNormal
-from latentbridge.pipeline import generate_latents
+from latentbridge.generation import generate_latents
 from latentbridge.prior import BlockCausalDiT, prior_config
 from latentbridge.sequence import Segment
 from latentbridge.train.objective import draw_noise, prior_loss

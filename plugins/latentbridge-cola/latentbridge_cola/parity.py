@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from latentbridge.pipeline import generate_latents
+from latentbridge.generation import generate_latents
 from latentbridge.prior import TokenMeta
 from latentbridge.sequence import Segment, SequenceLayout
 

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from latentbridge.codecs import LatentSpec
 from latentbridge.errors import CheckpointError, ConfigError
-from latentbridge.pipeline import generate_latents
+from latentbridge.generation import generate_latents
 from latentbridge.sequence import Segment, SequenceLayout
 from latentbridge.testing import CodecConformance
 from latentbridge_cola import ColaDiT, ColaVAE, experiment_config, pipeline, write_run
