@@ -384,9 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train, takes_overrides=True)
 
     p = sub.add_parser("cache", allow_abbrev=False, help="encode a data set once with frozen codecs into a sharded latent cache",
-                       description="Encode the task's training items with its frozen codecs (from --run-dir's codecs/, or their "
-                                   "pretrained weights) into safetensors shards under train.latent_cache_dir (or RUN/latent_cache), "
-                                   "which training with --train.cache_latents=true streams from. Under torchrun --nproc_per_node N "
+                       description="Encode the training items of the task (or of each data set of a mixture) with the frozen "
+                                   "codecs (from --run-dir's codecs/, or their pretrained weights) into safetensors shards under "
+                                   "train.latent_cache_dir (or RUN/latent_cache), which training with --train.cache_latents=true "
+                                   "streams from. Under torchrun --nproc_per_node N "
                                    "-m latentbridge cache FILE each process encodes its own shards; run again after a kill, it "
                                    "continues.")
     p.add_argument("file", help="YAML experiment config")

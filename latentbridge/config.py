@@ -223,7 +223,9 @@ class TrainConfig:
     keep_checkpoints: Count = 3
     """Newest checkpoints kept; older ones are deleted once a new one is complete (0 keeps all)."""
     cache_latents: bool = False
-    """Prior/joint stage, one task on a finite data set: keep the frozen codecs' posteriors on disk as safetensors shards."""
+    """Prior/joint stage: encode the items of every task's data set (of fixed items) once with the frozen codecs and keep
+    their posteriors on disk as safetensors shards, instead of encoding each step's items (one task or a mixture; not
+    document tasks, not codecs that augment)."""
     latent_cache_dir: str | None = None
     """Where the latent cache lives (default <run dir>/latent_cache); share it between runs to reuse it."""
     ema_decay: Annotated[float, Check(ge=0, lt=1)] = 0.999

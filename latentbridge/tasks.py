@@ -198,16 +198,21 @@ class TaskMixture:
         self.tasks, self.seed = list(tasks), seed
         self.sources: dict[str, Dataset] = {}
         for t in self.tasks:
-            key = repr(t.data)
+            key = self.key(t)
             if key not in self.sources and t.data is not None:
                 self.sources[key] = reg.datasets.create(t.data.name, t.data.config, seed)
         self._weights = [t.weight for t in self.tasks]
+
+    @staticmethod
+    def key(task: Task) -> str:
+        """Which loaded data set a task reads: tasks naming the same data set with the same options share one."""
+        return repr(task.data)
 
     def source(self, task: Task) -> Dataset:
         if task.data is None:
             raise ConfigError(f"task {task.name}: the run names no data set (data.name is empty), so there are no held-out "
                               "examples to start from; give the items to generate from (e.g. --prompt).")
-        return self.sources[repr(task.data)]
+        return self.sources[self.key(task)]
 
     def check_fields(self, modalities: Mapping[str, str]) -> None:
         """Every role of every task has a field of its codec's modality in the task's data, or a clear error."""

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from latentbridge.build import resolve_codec_configs
 from latentbridge.config import load_config
 from latentbridge.errors import CheckpointError, ConfigError
-from latentbridge.train.experiment import train
+from latentbridge.train.experiment import cache, train
 from latentbridge.plugins import build_registries, make_plugin_manager
 from latentbridge.train.metrics import read_metrics_file
 from latentbridge.checkpoint import PAUSE_ENV, latest_checkpoint, load_checkpoint
@@ -473,6 +474,50 @@ def test_latent_cache_gives_the_same_losses_and_is_reused(tmp_path, reg):
     assert [p.stat().st_mtime_ns for p in shards] == stamp  # same codec and data: read, not rewritten
     with pytest.raises(ConfigError, match="cache_latents needs a data set of fixed items"):
         train(load_config(CONFIG, SMALL + ["--train.cache_latents=true"]), tmp_path / "ring", reg=reg, progress=False)
+
+
+@pytest.mark.slow
+def test_frozen_codecs_encode_outside_the_priors_autocast(tmp_path, reg):
+    """Under bf16 mixed precision a frozen codec still encodes in fp32 (as the latent cache does): the prior's targets
+    are not rounded to bf16 first, and training from the cache gives the same losses as encoding each step."""
+    points = torch.randn(300, 2, generator=torch.Generator().manual_seed(0)) * 2
+    data = tmp_path / "data.safetensors"
+    save_file({"points": points, "labels": torch.arange(300) % 8}, str(data))
+    args = SMALL + [f"--data.config.path={data}", "--train.steps=4", "--train.mixed_precision=bf16",
+                    f"--train.latent_cache_dir={tmp_path / 'cache'}"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # bf16 is emulated on CPUs without AVX512-BF16: slow, not wrong
+        train(load_config(CONFIG, args), tmp_path / "plain", reg=reg, progress=False)
+        train(load_config(CONFIG, args + ["--train.cache_latents=true"]), tmp_path / "cached", reg=reg, progress=False)
+    a, b = losses(tmp_path / "plain"), losses(tmp_path / "cached")
+    assert len(a) == 4 and max(abs(a[s] - b[s]) for s in a) <= 1e-6
+
+
+@pytest.mark.slow
+def test_latent_cache_of_a_mixture_gives_the_same_losses(tmp_path, reg):
+    """A mixture over two data sets: each is cached over the roles its tasks use, and training reads the same
+    posteriors it would have encoded (the same losses as without the cache)."""
+    files = []
+    for i in range(2):
+        points = torch.randn(300, 2, generator=torch.Generator().manual_seed(i)) * 2
+        files.append(tmp_path / f"ring{i}.safetensors")
+        save_file({"points": points, "labels": torch.arange(300) % 8}, str(files[-1]))
+    mixture = ["--task.cond=[]", "--task.target=", f"--data.config.path={files[0]}", "--tasks.to_point.cond=[label]",
+               "--tasks.to_point.target=point", "--tasks.to_point.weight=3", "--tasks.to_label.cond=[point]",
+               "--tasks.to_label.target=label", "--tasks.to_label.data=gaussian_ring",
+               f"--tasks.to_label.data_config.path={files[1]}"]
+    args = SMALL + mixture + ["--train.steps=6", f"--train.latent_cache_dir={tmp_path / 'cache'}"]
+    train(load_config(CONFIG, args), tmp_path / "plain", reg=reg, progress=False)
+    train(load_config(CONFIG, args + ["--train.cache_latents=true"]), tmp_path / "cached", reg=reg, progress=False)
+    a, b = losses(tmp_path / "plain"), losses(tmp_path / "cached")
+    assert len(a) == 6 and max(abs(a[s] - b[s]) for s in a) <= 1e-6
+    caches = sorted(d.name for d in (tmp_path / "cache").iterdir())
+    assert len(caches) == 4 and sorted(c.split("-")[0] for c in caches) == ["label", "label", "point", "point"]
+    assert len({c.rsplit("-", 1)[1] for c in caches}) == 2  # one data key per data set
+    dirs = cache(load_config(CONFIG, args), tmp_path / "cached", reg=reg, progress=False)  # `latentbridge cache`: reused
+    assert sorted(dirs) == ["gaussian_ring (to_label)/label", "gaussian_ring (to_label)/point",
+                            "gaussian_ring (to_point)/label", "gaussian_ring (to_point)/point"]
+    assert sorted(d.name for d in dirs.values()) == caches
 
 
 # --------------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from latentbridge.errors import ConfigError
 from latentbridge.plugins import Registries, registries
 from latentbridge.tasks import TaskMixture, role_items, tasks_of
 from latentbridge.train.feed import Feed
-from latentbridge.train.latent_cache import CachedStream, build_cache
+from latentbridge.train.latent_cache import CachedStream, LatentCache, build_cache
 from latentbridge.train.rundir import RunLock, check_run_dir
 from latentbridge.train.trainer import Trainer
 from latentbridge.typedconfig import save_config
@@ -154,23 +154,8 @@ def _train(cfg: ExperimentConfig, run_dir: Path, reg: Registries, *, resume: boo
         if documents:
             raise ConfigError(f"train.cache_latents: {', '.join(documents)} are document tasks, whose items vary in number "
                               "and kind per example; they are encoded each step. Set train.cache_latents=false.")
-        if mixture:
-            raise ConfigError("train.cache_latents works for one `task`; a task mixture encodes its items each step. "
-                              "Set train.cache_latents=false.")
-        if not _fixed_items(source):
-            raise ConfigError(f"train.cache_latents needs a data set of fixed items; '{tasks[0].data.name}' draws fresh items "
-                              "each step (for the toy ring: set data.config.path). Set train.cache_latents=false.")
-        if any(c.augments for r, c in codecs.items() if r != own):
-            raise ConfigError("train.cache_latents: a codec draws a training view of each item (augment), so its latents change "
-                              "from step to step and cannot be cached. Set train.cache_latents=false.")
-        if getattr(source, "streaming", False) and own is not None:
-            raise ConfigError("train.cache_latents on a streaming data set trains the prior stage only (the joint stage also "
-                              "reads the items its own codec encodes). Use train.stage=prior, or train.cache_latents=false.")
         root = Path(cfg.train.latent_cache_dir or run_dir / "latent_cache")
-        frozen = {r: c for r, c in codecs.items() if r != own}
-        caches = build_cache(root, frozen, source, progress=progress)
-        if getattr(source, "streaming", False):  # training streams the cached latents, shard by shard
-            mix.sources[repr(tasks[0].data)] = CachedStream(source, caches)
+        caches = latent_caches(mix, {r: c for r, c in codecs.items() if r != own}, root, own=own, progress=progress)
 
     main_batches = codec_feed(own) if stage == "codec" else Feed(mix, codecs, cfg.seed, caches=caches)
     trainer = Trainer(cfg, run_dir, codecs, main_batches, resume=resume, init_from=init_from,
@@ -214,6 +199,37 @@ def _teacher(cfg: ExperimentConfig, reg: Registries, codecs: dict) -> tuple[Any,
     return run.prior, dict(run.codecs)
 
 
+def latent_caches(mix: TaskMixture, frozen: dict[str, Any], root: Path, *, own: str | None = None,
+                  progress: bool = True) -> dict[str, dict[str, LatentCache]]:
+    """Build or reuse the latent cache of every data set of the tasks, over the roles its tasks use (all but `own`,
+    the codec a joint stage trains): data-set key -> role -> LatentCache. A streaming data set is replaced in `mix` by
+    the stream of its cached latents. Every data set must hold fixed items and no cached codec may augment."""
+    plan: dict[str, list[str]] = {}
+    for key, source in mix.sources.items():  # every data set checked before any is encoded
+        users = [t for t in mix.tasks if t.data is not None and mix.key(t) == key]
+        roles = list(dict.fromkeys(r for t in users for r in t.roles if r != own))
+        if not _fixed_items(source):
+            raise ConfigError(f"train.cache_latents needs a data set of fixed items; '{source.name}' draws fresh items "
+                              "each step (for the toy ring: set data.config.path). Set train.cache_latents=false.")
+        augmenting = [r for r in roles if frozen[r].augments]
+        if augmenting:
+            raise ConfigError(f"train.cache_latents: codec(s) {', '.join(augmenting)} draw a training view of each item "
+                              "(augment), so their latents change from step to step and cannot be cached. Set "
+                              "train.cache_latents=false.")
+        if getattr(source, "streaming", False) and len(roles) < len({r for t in users for r in t.roles}):
+            raise ConfigError("train.cache_latents on a streaming data set trains the prior stage only (the joint stage also "
+                              "reads the items its own codec encodes). Use train.stage=prior, or train.cache_latents=false.")
+        if roles:
+            plan[key] = roles
+    out: dict[str, dict[str, LatentCache]] = {}
+    for key, roles in plan.items():
+        source = mix.sources[key]
+        out[key] = build_cache(root, {r: frozen[r] for r in roles}, source, progress=progress)
+        if getattr(source, "streaming", False):  # training streams the cached latents, shard by shard
+            mix.sources[key] = CachedStream(source, out[key])
+    return out
+
+
 def _fixed_items(source: Any) -> bool:
     """Whether a data set holds fixed items a latent cache can keep (finite, or streamed from files)."""
     return source.finite or getattr(source, "streaming", False)
@@ -229,23 +245,28 @@ def _distributed() -> None:
 
 def cache(cfg: ExperimentConfig, run_dir: str | Path | None = None, *, reg: Registries | None = None,
           progress: bool = True) -> dict[str, Path]:
-    """`latentbridge cache FILE`: encode the task's training items with its frozen codecs into the latent cache that
-    training with train.cache_latents reads (under torchrun, each process its own shards; a killed run continues).
+    """`latentbridge cache FILE`: encode the training items of the tasks' data sets with the frozen codecs into the
+    latent caches that training with train.cache_latents reads (under torchrun, each process its own shards; a killed
+    run continues).
 
     Codecs come from `run_dir`/codecs/<role> when that run trained them, else from their pretrained weights.
-    Returns role -> cache directory."""
+    Returns role -> cache directory (with several data sets: '<data set>/<role>' -> directory)."""
     reg = reg or registries()
     _distributed()
     tasks = tasks_of(cfg, reg)
-    if len(tasks) != 1:
-        raise ConfigError("latentbridge cache works for one `task` (train.cache_latents does too); this config has a mixture.")
-    source = TaskMixture(tasks, cfg.seed, reg).source(tasks[0])
-    if not _fixed_items(source):
-        raise ConfigError(f"data set '{tasks[0].data.name}' draws fresh items each step: there is nothing fixed to cache.")
+    documents = [t.name for t in tasks if t.document]
+    if documents:
+        raise ConfigError(f"latentbridge cache: {', '.join(documents)} are document tasks, whose items are encoded each step; "
+                          "there is nothing fixed to cache.")
+    mix = TaskMixture(tasks, cfg.seed, reg)
+    for source in mix.sources.values():
+        if not _fixed_items(source):
+            raise ConfigError(f"data set '{source.name}' draws fresh items each step: there is nothing fixed to cache.")
     if not (cfg.train.latent_cache_dir or run_dir):
         raise ConfigError("latentbridge cache: say where the cache goes: --run-dir RUN (RUN/latent_cache) or "
                           "--train.latent_cache_dir=DIR (shared by runs).")
     codecs = build_codecs(cfg, reg)
+    modalities = {}
     for role, codec in list(codecs.items()):
         saved = Path(run_dir) / "codecs" / role if run_dir else None
         if saved is not None and (saved / "codec.json").exists():
@@ -254,7 +275,11 @@ def cache(cfg: ExperimentConfig, run_dir: str | Path | None = None, *, reg: Regi
             raise ConfigError(f"codecs.{role}: codec '{codec.name}' has no trained weights to encode with. Set codecs.{role}."
                               "pretrained to its saved directory, or pass --run-dir of a run whose codec stage trained it.")
         codecs[role].freeze()
-        source.field(codecs[role].modality, role)
+        modalities[role] = codecs[role].modality
+    mix.check_fields(modalities)
     root = Path(cfg.train.latent_cache_dir or Path(run_dir) / "latent_cache")
-    caches = build_cache(root, codecs, source, progress=progress)
-    return {r: c.directory for r, c in caches.items()}
+    caches = latent_caches(mix, codecs, root, progress=progress)
+    if len(caches) == 1:
+        return {role: c.directory for by_role in caches.values() for role, c in by_role.items()}
+    label = {key: f"{mix.sources[key].name} ({', '.join(t.name for t in tasks if mix.key(t) == key)})" for key in caches}
+    return {f"{label[key]}/{role}": c.directory for key, by_role in caches.items() for role, c in by_role.items()}

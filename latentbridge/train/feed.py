@@ -81,9 +81,10 @@ class Feed:
     reads (saved in checkpoints), `load_state_dict()` puts it back before the first step of a resumed run."""
 
     def __init__(self, mix: TaskMixture, codecs: dict[str, Codec], seed: int, *, role: str | None = None,
-                 caches: dict[str, Any] | None = None) -> None:
+                 caches: dict[str, dict[str, Any]] | None = None) -> None:
         self.mix, self.codecs, self.seed, self.role = mix, codecs, seed, role
         self.caches = caches or {}
+        """Data-set key (TaskMixture.key) -> role -> LatentCache: the roles whose posteriors are read, not encoded."""
         self.tasks = list(mix.tasks) if role is None else mix.tasks_using(role)
         self.readers: dict[str, Any] = {}
         self.state: dict[str, Any] = {}
@@ -153,9 +154,10 @@ class Feed:
 
     def _role_batch(self, role: str, task: Task, raw: dict[str, list], idx: torch.Tensor | None, index: int,
                     positions: Sequence[int]) -> Any:
-        if role in self.caches:
+        cache = self.caches.get(self.mix.key(task), {}).get(role)
+        if cache is not None:
             if idx is not None:
-                return self.caches[role].posterior(idx)
+                return cache.posterior(idx)
             return join_rows(raw[role])  # a stream of cached latents (CachedStream)
         return self.codecs[role].collate(self._items(role, task, raw, index, positions))
 

@@ -130,8 +130,11 @@ class StageLoss(nn.Module):
             if isinstance(batch, Posterior):  # from a latent cache (read on the host): to where the codec runs
                 dev = codec.stats.shift.device
                 post = Posterior(batch.mean.to(dev), batch.lengths.to(dev), None if batch.logvar is None else batch.logvar.to(dev))
-            else:
+            elif grad:  # the codec a joint stage trains runs under the stage's autocast, like the prior
                 post = codec.raw_encode(batch)
+            else:  # a frozen codec encodes in its own dtype, as the latent cache does (bf16 only rounds the targets)
+                with torch.autocast(codec.device.type, enabled=False):
+                    post = codec.raw_encode(batch)
             codec.check_posterior(post)
             if sample and post.logvar is not None:
                 post = Posterior(post.mean + torch.exp(0.5 * post.logvar) * _example_noise(post, gens), post.lengths)

@@ -247,6 +247,13 @@ class AudioVAE(Codec):
             return F.pad(x[:n], (0, max(0, n - x.numel())))
         return x[:n]
 
+    @property
+    def augments(self) -> bool:
+        """Only while the codec itself trains (and its config draws a gain or a noise floor): a frozen codec's latents
+        of an item are fixed, so a prior stage may cache them (train.cache_latents)."""
+        c = self.config
+        return self.training and (c.gain_db != 0 or c.noise_probability != 0)
+
     def augment(self, items: Sequence[Any], generator: torch.Generator) -> list[Any]:
         """While the codec itself trains: a random gain and, sometimes, a white-noise floor per clip. A frozen
         codec (the prior stage) passes items through unchanged, so the prior models the data as it is."""

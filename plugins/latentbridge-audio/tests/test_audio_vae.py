@@ -85,6 +85,7 @@ def test_augmentation_only_while_the_codec_trains():
     codec = AudioVAE(SMALL)
     silence = [np.zeros(8000, np.float32), 0.1 * np.ones(8000, np.float32)]
     codec.train()
+    assert codec.augments
     a = codec.augment(silence, torch.Generator().manual_seed(0))
     b = codec.augment(silence, torch.Generator().manual_seed(0))
     assert all(np.array_equal(x, y) for x, y in zip(a, b))  # drawn from the generator
@@ -95,6 +96,8 @@ def test_augmentation_only_while_the_codec_trains():
     assert min(gains) < 0.1 < max(gains) and 0.05 < min(gains) and max(gains) < 0.2 + 0.05  # +-6 dB
     frozen = codec.freeze().augment(silence, torch.Generator().manual_seed(0))
     assert all(x is y for x, y in zip(frozen, silence))  # the prior stage sees the data as it is
+    assert not codec.augments  # so its latents can be cached (train.cache_latents)
+    assert not AudioVAE({**SMALL, "gain_db": 0.0, "noise_probability": 0.0}).train().augments
 
 
 def test_long_clips_are_cut_to_max_seconds():
