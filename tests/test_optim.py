@@ -14,7 +14,7 @@ from latentbridge.errors import CheckpointError, ConfigError
 from latentbridge.plugins import build_registries, make_plugin_manager
 from latentbridge.sequence import SequenceLayout
 from latentbridge.train.experiment import train
-from latentbridge.train.optim import MuonWithAdamW, build_optimizer, lr_schedule, muon_parameter
+from latentbridge.train.optim import BatchedMuon, MuonWithAdamW, build_optimizer, lr_schedule, muon_parameter
 
 from test_trainer import CONFIG, SMALL, assert_same_checkpoint, losses
 
@@ -108,3 +108,30 @@ def test_muon_is_refused_under_sharded_fsdp_with_the_fix():
     cfg = load_config(CONFIG, MUON)
     with pytest.raises(ConfigError, match="Muon needs each weight matrix whole.*train.parallel: ddp"):
         build_optimizer([("blocks.0.w", torch.nn.Parameter(torch.zeros(2, 2)))], cfg.train, 1e-3, sharded=True)
+
+
+@pytest.mark.parametrize("adjust, nesterov", [("match_rms_adamw", True), ("original", False), ("spectral_unclamped", True), (None, True)])
+def test_batched_muon_makes_torchs_muon_updates(adjust, nesterov):
+    """Stacking same-shaped matrices into one Newton-Schulz iteration changes nothing: after several steps the weights
+    and momentum buffers equal torch.optim.Muon's (three 8x12 and two tall 16x4 matrices, one lone 6x6), and the state
+    of one loads into the other (checkpoints from before the change resume)."""
+    shapes = [(8, 12), (16, 4), (8, 12), (6, 6), (16, 4), (8, 12)]
+    gen = torch.Generator().manual_seed(0)
+    start = [torch.randn(s, generator=gen) for s in shapes]
+    grads = [[torch.randn(s, generator=gen) for s in shapes] for _ in range(4)]
+    runs = []
+    for cls in (torch.optim.Muon, BatchedMuon):
+        params = [torch.nn.Parameter(w.clone()) for w in start]
+        opt = cls(params, lr=0.02, weight_decay=0.1, momentum=0.9, nesterov=nesterov, adjust_lr_fn=adjust)
+        for step in grads:
+            for p, g in zip(params, step):
+                p.grad = g.clone()
+            opt.step()
+        runs.append((params, opt))
+    (ref, ref_opt), (mine, mine_opt) = runs
+    assert all(torch.equal(a, b) for a, b in zip(ref, mine))
+    assert all(torch.equal(ref_opt.state[a]["momentum_buffer"], mine_opt.state[b]["momentum_buffer"]) for a, b in zip(ref, mine))
+    assert not torch.equal(ref[0], start[0])  # the weights moved
+    resumed = BatchedMuon([torch.nn.Parameter(w.clone()) for w in start], lr=0.02, adjust_lr_fn=adjust)
+    resumed.load_state_dict(ref_opt.state_dict())
+    assert torch.equal(resumed.state_dict()["state"][0]["momentum_buffer"], ref_opt.state_dict()["state"][0]["momentum_buffer"])
