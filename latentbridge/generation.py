@@ -32,6 +32,7 @@ from latentbridge.flow import guided_velocity, integrate
 from latentbridge.prior import PriorBackbone, TokenMeta
 from latentbridge.sequence import Example, Segment, SequenceLayout, end_of_document, pack
 
+
 class _Context:
     """Committed clean tokens, held as a KV cache or (for the uncached reference) as raw tokens."""
 

@@ -33,6 +33,7 @@ from latentbridge.tasks import Task, document_roles, find_task, tasks_of
 __all__ = ["DocumentResult", "GeneratedDocument", "GeneratedItem", "Pipeline", "generate_documents", "generate_latents",
            "sample_generator", "sample_run", "write_generated"]
 
+
 @dataclasses.dataclass
 class GeneratedDocument:
     """A document Pipeline.generate_document wrote: `items[:prefix]` were given, the rest generated and decoded."""
@@ -185,7 +186,6 @@ class Pipeline:
                              whole_blocks=True, **kw)
             out += codec.check_decoded(stream.items(), size)
         return out
-
 
     def document_task(self) -> Task:
         """The run's document task, or a clear error when it has none."""
