@@ -105,7 +105,8 @@ def main() -> None:
     muon = muon_seconds(Path(args.codecs_from))
     print(f"Muon step over the prior's block matrices: torch.optim.Muon {muon['torch']:.4f} s, BatchedMuon "
           f"{muon['batched']:.4f} s ({muon['torch'] / muon['batched']:.2f}x)")
-    print(json.dumps({"muon_s_per_step": muon, "muon_batched_speedup": muon["torch"] / muon["batched"],"s_per_step": found,
+    print(json.dumps({"muon_s_per_step": muon, "muon_batched_speedup": muon["torch"] / muon["batched"],
+                      "s_per_step": found,
                       "cache_speedup_fp32": found[SETTINGS[0][0]] / found[SETTINGS[1][0]],
                       "cache_speedup_bf16": found[SETTINGS[2][0]] / found[SETTINGS[3][0]],
                       "bf16_over_fp32_cached": found[SETTINGS[3][0]] / found[SETTINGS[1][0]],

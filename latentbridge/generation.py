@@ -319,6 +319,7 @@ class DocumentResult:
     ended: bool
     """True when the switch head chose the end of the document; False when the item budget stopped it."""
 
+
 @torch.no_grad()
 def generate_documents(
     prior: PriorBackbone,
