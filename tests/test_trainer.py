@@ -385,7 +385,7 @@ def test_resume_needs_a_run(tmp_path, reg):
 @pytest.mark.slow
 def test_a_second_trainer_on_a_run_directory_is_refused_and_the_first_is_unharmed(tmp_path, uninterrupted):
     run_dir = tmp_path / "run"
-    first = start_training(run_dir, env={STEP_PAUSE_ENV: "0.1"})
+    first = start_training(run_dir, env={STEP_PAUSE_ENV: "1.0"})  # 27 s left after step 3: both refusals fit in it
     wait_for(lambda: logged_steps(run_dir) >= 3, first)
     for extra in ([], ["--resume"]):
         second = start_training(run_dir, *extra)
