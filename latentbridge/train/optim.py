@@ -48,6 +48,14 @@ def muon_parameter(name: str, p: Tensor) -> bool:
     return p.ndim == 2 and ".blocks." in f".{name}"
 
 
+def _evaluate(closure) -> Any:
+    """The loss of an optimizer step's closure (None without one), computed with gradients on."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 def _lr_ratio(kind: str | None, shape: torch.Size) -> float:
     """torch.optim.Muon's adjust_lr_fn: the factor on the learning rate of an A x B matrix's orthogonalized update."""
     a, b = shape[0], shape[1]
@@ -83,10 +91,7 @@ class BatchedMuon(torch.optim.Muon):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _evaluate(closure)
         for group in self.param_groups:
             lr, momentum, decay = float(group["lr"]), group["momentum"], group["weight_decay"]
             by_shape: dict[tuple, list[tuple[Tensor, Tensor]]] = {}
@@ -145,10 +150,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _evaluate(closure)
         self.muon.step()
         if self.adamw is not None:
             self.adamw.step()
