@@ -250,7 +250,7 @@ def cache(cfg: ExperimentConfig, run_dir: str | Path | None = None, *, reg: Regi
     run continues).
 
     Codecs come from `run_dir`/codecs/<role> when that run trained them, else from their pretrained weights.
-    Returns role -> cache directory (with several data sets: '<data set>/<role>' -> directory)."""
+    Returns role -> cache directory (with several data sets: '<data set> (<its tasks>)/<role>' -> directory)."""
     reg = reg or registries()
     _distributed()
     tasks = tasks_of(cfg, reg)
