@@ -27,7 +27,8 @@ system-packages:
 $(STAMP): pyproject.toml constraints.txt $(PLUGINS)
 	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q "setuptools>=77" wheel
-	$(PIP) install -q -c constraints.txt -e '.[data,test]' $(foreach p,$(dir $(PLUGINS)),-e '$(p)[test]')
+	@# every package here builds with setuptools>=77, just installed: no isolated build environment per package
+	$(PIP) install -q --no-build-isolation -c constraints.txt -e '.[data,test]' $(foreach p,$(dir $(PLUGINS)),-e '$(p)[test]')
 	@touch $@
 
 # The main job: the joint multimodal demo on the real offline data (configs/demo.yaml), whose data sets and
