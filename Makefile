@@ -35,7 +35,7 @@ $(STAMP): pyproject.toml constraints.txt $(PLUGINS)
 # evaluators come from the latentbridge-demo plugin (plugins/latentbridge-demo). Trains the Text VAE,
 # the image VAE and the audio VAE on the data of the tasks that use them, then one block-causal prior on the
 # mixture caption -> image, image -> caption, text -> speech, speech -> text; then samples and scores all four
-# directions (against shuffled-condition controls, across guidance) into runs/demo/report.md. 16-23 minutes
+# directions (against shuffled-condition controls, across guidance) into runs/demo/report.md. 16-27 minutes
 # on 2 cores, by machine. Run again, it resumes runs/demo (finished stages are kept) and re-evaluates.
 DEMO_RUN ?= runs/demo
 demo: setup
