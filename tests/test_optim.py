@@ -135,3 +135,35 @@ def test_batched_muon_makes_torchs_muon_updates(adjust, nesterov):
     resumed = BatchedMuon([torch.nn.Parameter(w.clone()) for w in start], lr=0.02, adjust_lr_fn=adjust)
     resumed.load_state_dict(ref_opt.state_dict())
     assert torch.equal(resumed.state_dict()["state"][0]["momentum_buffer"], ref_opt.state_dict()["state"][0]["momentum_buffer"])
+
+
+def test_batched_muon_iterates_in_the_dtype_it_is_given():
+    """ns_dtype=float32 (a run computing in fp32 on a CPU) gives the Newton-Schulz update of an fp64 iteration to fp32
+    rounding; the default, bf16 as torch's, is off by bf16 rounding. Fails if the dtype is not passed through."""
+    from latentbridge.train.optim import newton_schulz
+
+    gen = torch.Generator().manual_seed(0)
+    start, grad = torch.randn(24, 40, generator=gen), torch.randn(24, 40, generator=gen)
+    group = torch.optim.Muon([torch.nn.Parameter(start.clone())]).param_groups[0]
+    exact = newton_schulz(grad.double(), group["ns_coefficients"], group["ns_steps"], group["eps"], torch.float64)
+
+    def update(**kwargs):
+        w = torch.nn.Parameter(start.clone())
+        opt = BatchedMuon([w], lr=1.0, weight_decay=0.0, momentum=0.0, nesterov=False, adjust_lr_fn=None, **kwargs)
+        w.grad = grad.clone()
+        opt.step()
+        return start - w.detach()  # lr 1, no decay, no momentum, 24 x 40 (wide): the orthogonalized gradient itself
+
+    fp32, bf16 = (update(ns_dtype=torch.float32) - exact).abs().max(), (update() - exact).abs().max()
+    assert fp32 < 1e-5 < 1e-3 < bf16, (fp32, bf16)
+
+
+def test_a_run_computing_in_fp32_on_a_cpu_iterates_muon_in_fp32(reg):
+    from latentbridge.build import build_codecs
+    from latentbridge.tasks import tasks_of
+    from latentbridge.train.trainer import Trainer
+
+    cfg = load_config(CONFIG, [*MUON, "--train.mixed_precision=no"])
+    trainer = Trainer(cfg, "unused", build_codecs(cfg, reg), lambda *a: None, tasks=tasks_of(cfg, reg), checkpoints=False,
+                      progress=False)
+    assert trainer.precision == "no" and trainer._opt.muon.ns_dtype == torch.float32

@@ -104,12 +104,22 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.extend(layer, k, v)  # [B, H, Lc + L, Dh]
         if isinstance(mask, Tensor):
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # mask [B, 1, L, Lk]
+            out = masked_attention(q, k, v, mask)  # mask [B, 1, L, Lk]
         else:  # a FlexAttention BlockMask
             from torch.nn.attention.flex_attention import flex_attention
 
             out = flex_attention(q, k, v, block_mask=mask)
         return self.proj(out.transpose(1, 2).reshape(b, n, w))  # [B, L, W]
+
+
+def masked_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+    """scaled_dot_product_attention of q [B, H, L, Dh] over k, v [B, H, Lk, Dh] where mask [B, 1, L, Lk] is True. On a
+    CPU, bf16 / fp16 inputs are attended in fp32 (autocast off), returned in their dtype: torch's CPU flash-attention
+    backward in bf16 took 5x as long as in fp32 (51.6 ms against 10.5 for 32 rows of 128 tokens, 6 heads of 32; the forward alike in both)."""
+    if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
+        with torch.autocast("cpu", enabled=False):
+            return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask).to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
 class MLP(nn.Module):

@@ -68,11 +68,13 @@ def _lr_ratio(kind: str | None, shape: torch.Size) -> float:
     return 1.0
 
 
-def newton_schulz(g: Tensor, coefficients: tuple[float, float, float], steps: int, eps: float) -> Tensor:
-    """The orthogonalized update of matrices g [..., A, B] (each its own), computed in bf16 as torch.optim.Muon does:
-    each matrix scaled to unit Frobenius norm, then `steps` quintic Newton-Schulz iterations on the wide orientation."""
+def newton_schulz(g: Tensor, coefficients: tuple[float, float, float], steps: int, eps: float,
+                  dtype: torch.dtype = torch.bfloat16) -> Tensor:
+    """The orthogonalized update of matrices g [..., A, B] (each its own), computed in `dtype` (bf16, as
+    torch.optim.Muon does): each matrix scaled to unit Frobenius norm, then `steps` quintic Newton-Schulz iterations on
+    the wide orientation."""
     a, b, c = coefficients
-    x = g.bfloat16()
+    x = g.to(dtype)
     tall = g.shape[-2] > g.shape[-1]
     if tall:
         x = x.mT
@@ -87,7 +89,14 @@ def newton_schulz(g: Tensor, coefficients: tuple[float, float, float], steps: in
 class BatchedMuon(torch.optim.Muon):
     """torch.optim.Muon (its options, defaults and state: a momentum_buffer per matrix) whose step orthogonalizes all
     matrices of one shape together: one batched Newton-Schulz iteration per shape instead of one per matrix (the demo
-    prior: 20 matrices of 5 shapes; `python benchmarks/prior_step.py` times both)."""
+    prior: 20 matrices of 5 shapes; `python benchmarks/prior_step.py` times both).
+
+    `ns_dtype`: the precision of the iteration, bf16 as in torch (and on GPUs), or fp32 where bf16 products are no
+    faster -- a CPU without bf16 autocast, where fp32 also took 46 ms against 78 for the demo prior's matrices."""
+
+    def __init__(self, params, *args, ns_dtype: torch.dtype = torch.bfloat16, **kwargs) -> None:
+        super().__init__(params, *args, **kwargs)
+        self.ns_dtype = ns_dtype
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -109,7 +118,7 @@ class BatchedMuon(torch.optim.Muon):
                 by_shape.setdefault((tuple(p.shape), p.device, p.dtype), []).append((p, update))
             for (shape, _, _), pairs in by_shape.items():
                 stacked = torch.stack([u for _, u in pairs]) if len(pairs) > 1 else pairs[0][1]
-                ortho = newton_schulz(stacked, group["ns_coefficients"], group["ns_steps"], group["eps"])
+                ortho = newton_schulz(stacked, group["ns_coefficients"], group["ns_steps"], group["eps"], self.ns_dtype)
                 step_lr = lr * _lr_ratio(group["adjust_lr_fn"], torch.Size(shape))
                 for j, (p, _) in enumerate(pairs):
                     p.mul_(1 - lr * decay)
@@ -122,11 +131,11 @@ class MuonWithAdamW(torch.optim.Optimizer):
     groups (a learning-rate scheduler scales both), one state (one state dict to checkpoint and resume)."""
 
     def __init__(self, muon_params: list[Tensor], adamw_params: list[Tensor], *, lr: float, betas: tuple[float, float],
-                 weight_decay: float, momentum: float = 0.95) -> None:
+                 weight_decay: float, momentum: float = 0.95, ns_dtype: torch.dtype = torch.bfloat16) -> None:
         if not muon_params:
             raise ConfigError("train.optimizer muon: the model has no weight matrices in transformer blocks for Muon")
         self.muon = BatchedMuon(muon_params, lr=lr, weight_decay=weight_decay, momentum=momentum,
-                                adjust_lr_fn="match_rms_adamw")
+                                adjust_lr_fn="match_rms_adamw", ns_dtype=ns_dtype)
         self.adamw = torch.optim.AdamW(adamw_params, lr=lr, betas=betas, weight_decay=weight_decay) if adamw_params else None
         super().__init__([*self.muon.param_groups, *(self.adamw.param_groups if self.adamw else [])], {})  # their own groups
         self._link()
@@ -157,8 +166,10 @@ class MuonWithAdamW(torch.optim.Optimizer):
         return loss
 
 
-def build_optimizer(named_params: Iterable[tuple[str, Tensor]], t: Any, lr: float, *, sharded: bool = False) -> torch.optim.Optimizer:
-    """The optimizer of `train.optimizer` over the trainable parameters (t: the train config section)."""
+def build_optimizer(named_params: Iterable[tuple[str, Tensor]], t: Any, lr: float, *, sharded: bool = False,
+                    ns_dtype: torch.dtype = torch.bfloat16) -> torch.optim.Optimizer:
+    """The optimizer of `train.optimizer` over the trainable parameters (t: the train config section); `ns_dtype`: the
+    precision of Muon's Newton-Schulz iteration (BatchedMuon)."""
     named = [(n, p) for n, p in named_params if p.requires_grad]
     if t.optimizer == "adamw":
         return torch.optim.AdamW([p for _, p in named], lr=lr, betas=t.betas, weight_decay=t.weight_decay)
@@ -168,5 +179,6 @@ def build_optimizer(named_params: Iterable[tuple[str, Tensor]], t: Any, lr: floa
                               "weight matrix whole); use train.parallel: ddp, or train.optimizer: adamw")
         muon = [p for n, p in named if muon_parameter(n, p)]
         rest = [p for n, p in named if not muon_parameter(n, p)]
-        return MuonWithAdamW(muon, rest, lr=lr, betas=t.betas, weight_decay=t.weight_decay, momentum=t.muon_momentum)
+        return MuonWithAdamW(muon, rest, lr=lr, betas=t.betas, weight_decay=t.weight_decay, momentum=t.muon_momentum,
+                            ns_dtype=ns_dtype)
     raise ConfigError(f"train.optimizer: unknown optimizer {t.optimizer!r}; use adamw or muon")

@@ -17,6 +17,8 @@ With one process there is nothing to shard: the modules stay plain and the check
 
 from __future__ import annotations
 
+import functools
+import time
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -40,18 +42,65 @@ def native_bf16(device: torch.device | str) -> bool:
     return True  # other accelerators: trust the setting
 
 
+# bf16 must be clearly faster to be taken: the two CPUs measured sit far on either side (benchmarks/prior_step.py)
+BF16_PAYS_BELOW = 0.85
+
+
+def _products_seconds(dtype: torch.dtype, repeats: int = 3) -> float:
+    """Seconds for the products a training step is made of, forward and backward: a linear layer the size of the demo
+    prior's MLP over 4,096 tokens and a 3x3 convolution the size of the image VAE's, in `dtype` on the CPU."""
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4096, 192, generator=gen).to(dtype).requires_grad_()
+    w = torch.randn(768, 192, generator=gen).to(dtype).requires_grad_()
+    gy = torch.randn(4096, 768, generator=gen).to(dtype)
+    img = torch.randn(16, 64, 32, 32, generator=gen).to(dtype).requires_grad_()
+    kernel = torch.randn(64, 64, 3, 3, generator=gen).to(dtype).requires_grad_()
+    gimg = torch.randn(16, 64, 32, 32, generator=gen).to(dtype)
+
+    def once() -> None:
+        F.linear(x, w).backward(gy)
+        F.conv2d(img, kernel, padding=1).backward(gimg)
+
+    once()  # first-call set-up (oneDNN primitives) is not timed
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        once()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_bf16_ratio() -> float:
+    """bf16 over fp32 seconds of a step's products on this CPU, measured once per process (about a second). CPUs with
+    native bf16 differ: on an AMD EPYC with AVX512-BF16 the demo's image VAE stepped 1.8x faster in bf16, on an Intel
+    Xeon with AVX512-BF16 and no AMX 1.4x slower (docs/results.md, "bf16 where it pays")."""
+    return _products_seconds(torch.bfloat16) / _products_seconds(torch.float32)
+
+
+def bf16_pays(device: torch.device | str) -> bool:
+    """Whether autocasting to bf16 speeds training up on `device`: a GPU with bf16, or a CPU with native bf16 whose bf16
+    products measure clearly faster than fp32 here (cpu_bf16_ratio below BF16_PAYS_BELOW)."""
+    device = torch.device(device)
+    if not native_bf16(device):
+        return False
+    return device.type != "cpu" or cpu_bf16_ratio() < BF16_PAYS_BELOW
+
+
 def resolve_precision(setting: str, device: torch.device | str) -> tuple[str, str | None]:
-    """train.mixed_precision -> ("no" | "bf16", a warning or None). `auto`: bf16 where the device computes it natively,
-    else fp32. An explicit `bf16` is kept, with a warning where it is emulated (the run is correct, only slow)."""
+    """train.mixed_precision -> ("no" | "bf16", a warning or None). `auto`: bf16 where it pays (bf16_pays: natively
+    computed, and on a CPU measured faster), else fp32. An explicit `bf16` is kept, with a warning where it is emulated
+    (the run is correct, only slow)."""
     if setting == "no":
         return "no", None
-    native = native_bf16(device)
     if setting == "auto":
-        return ("bf16" if native else "no"), None
-    if setting == "bf16" and not native:
+        return ("bf16" if bf16_pays(device) else "no"), None
+    if setting == "bf16" and not native_bf16(device):
         return "bf16", (f"train.mixed_precision=bf16 on a {torch.device(device).type} without native bf16 (no AVX512-BF16 or AMX "
                         "here): bf16 is emulated and a step can take tens of times longer than in fp32. Set "
-                        "train.mixed_precision: auto (bf16 only where the hardware has it) or no.")
+                        "train.mixed_precision: auto (bf16 only where it pays) or no.")
     return setting, None
 
 

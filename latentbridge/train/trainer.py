@@ -279,7 +279,11 @@ class Trainer:
                     parallel.fsdp_shard(self.ema.module, self.acc.device, self.precision)
         # after sharding: under FSDP the optimizer holds the sharded parameters
         opt_cfg = t if self.stage in ("prior", "joint") else dataclasses.replace(t, optimizer="adamw")  # codecs: AdamW
-        self._opt = build_optimizer(self.module.trainable.named_parameters(), opt_cfg, self.lr, sharded=self.sharded)
+        # Muon's iteration in bf16 where bf16 is what this run computes in (or on a GPU, as torch does), else in fp32:
+        # a CPU that bf16 does not speed up multiplies the prior's matrices faster in fp32 (46 ms against 78)
+        ns_dtype = torch.bfloat16 if self.precision == "bf16" or device != "cpu" else torch.float32
+        self._opt = build_optimizer(self.module.trainable.named_parameters(), opt_cfg, self.lr, sharded=self.sharded,
+                                    ns_dtype=ns_dtype)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self._opt, lambda s: lr_schedule(s, t.warmup_steps, self.steps, t.lr_schedule, t.cooldown))
         if self.fsdp:
