@@ -8,10 +8,12 @@ in four settings -- train.mixed_precision no / bf16, train.cache_latents false /
 first 10 from metrics.jsonl. The cache is built once per run before its first step (every data set of the mixture:
 images for text and image, the two speech sets for text and speech); its build time is measured apart. Prints seconds
 per step and the ratio to "fp32, encode each step". Then the optimizer alone: seconds per Muon step over the demo
-prior's block matrices (random gradients, 20 timed steps after 3), torch.optim.Muon and BatchedMuon. Last, one JSON
-line: s_per_step (by setting), cache_speedup_fp32, cache_speedup_bf16, bf16_over_fp32_cached, cache_build_s,
-muon_s_per_step (torch, batched), muon_batched_speedup, native_bf16 (whether this CPU computes bf16 natively; where
-it does not, bf16 is emulated and slow). Run it on an otherwise quiet machine, with the default threads.
+prior's block matrices (random gradients, 20 timed steps after 3), torch.optim.Muon and BatchedMuon (iterating in
+bf16, and in fp32). Last, one JSON line: s_per_step (by setting), cache_speedup_fp32, cache_speedup_bf16,
+bf16_over_fp32_cached, cache_build_s, muon_s_per_step (torch, batched, batched fp32), muon_batched_speedup,
+muon_fp32_over_bf16, native_bf16 (whether this CPU computes bf16 natively; where it does not, bf16 is emulated and
+slow), cpu_bf16_ratio (bf16 over fp32 seconds of the products `train.mixed_precision: auto` times) and auto_precision
+(what auto resolves to here). Run it on an otherwise quiet machine, with the default threads.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ def seconds_per_step(rows: list[dict]) -> float:
 
 
 def muon_seconds(codecs_from: Path) -> dict[str, float]:
-    """Seconds per optimizer step of torch.optim.Muon and BatchedMuon over the trained demo prior's block matrices."""
+    """Seconds per optimizer step of torch.optim.Muon and BatchedMuon (its Newton-Schulz iteration in bf16, and in fp32
+    as a run computing in fp32 on a CPU does) over the trained demo prior's block matrices."""
     import torch
 
     from latentbridge.runs import load_run
@@ -59,9 +62,10 @@ def muon_seconds(codecs_from: Path) -> dict[str, float]:
     prior = load_run(codecs_from).prior
     shapes = [p.shape for n, p in prior.named_parameters() if muon_parameter(n, p)]
     out = {}
-    for name, cls in (("torch", torch.optim.Muon), ("batched", BatchedMuon)):
+    for name, cls, extra in (("torch", torch.optim.Muon, {}), ("batched", BatchedMuon, {}),
+                             ("batched fp32", BatchedMuon, {"ns_dtype": torch.float32})):
         params = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
-        opt = cls(params, lr=1e-3, adjust_lr_fn="match_rms_adamw")
+        opt = cls(params, lr=1e-3, adjust_lr_fn="match_rms_adamw", **extra)
         for p in params:
             p.grad = torch.randn_like(p)
         for _ in range(3):
@@ -85,7 +89,7 @@ def main() -> None:
 
     from latentbridge.config import load_config
     from latentbridge.train.experiment import cache
-    from latentbridge.train.parallel import native_bf16
+    from latentbridge.train.parallel import cpu_bf16_ratio, native_bf16, resolve_precision
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = variant_config("now", Path(args.codecs_from), Path(tmp))
@@ -104,13 +108,18 @@ def main() -> None:
     print(f"latent cache built in {build_s:.1f} s (once per run; every later run with the same codecs and data reuses it)")
     muon = muon_seconds(Path(args.codecs_from))
     print(f"Muon step over the prior's block matrices: torch.optim.Muon {muon['torch']:.4f} s, BatchedMuon "
-          f"{muon['batched']:.4f} s ({muon['torch'] / muon['batched']:.2f}x)")
+          f"{muon['batched']:.4f} s ({muon['torch'] / muon['batched']:.2f}x); BatchedMuon iterating in fp32 {muon['batched fp32']:.4f} s")
+    ratio = cpu_bf16_ratio() if native_bf16("cpu") else float("nan")
+    print(f"train.mixed_precision auto resolves to {resolve_precision('auto', 'cpu')[0]!r} here (native bf16: "
+          f"{native_bf16('cpu')}; bf16 / fp32 seconds of the timed products: {ratio:.2f})")
     print(json.dumps({"muon_s_per_step": muon, "muon_batched_speedup": muon["torch"] / muon["batched"],
+                      "muon_fp32_over_bf16": muon["batched fp32"] / muon["batched"],
                       "s_per_step": found,
                       "cache_speedup_fp32": found[SETTINGS[0][0]] / found[SETTINGS[1][0]],
                       "cache_speedup_bf16": found[SETTINGS[2][0]] / found[SETTINGS[3][0]],
                       "bf16_over_fp32_cached": found[SETTINGS[3][0]] / found[SETTINGS[1][0]],
-                      "cache_build_s": build_s, "native_bf16": native_bf16("cpu")}))
+                      "cache_build_s": build_s, "native_bf16": native_bf16("cpu"), "cpu_bf16_ratio": ratio,
+                      "auto_precision": resolve_precision("auto", "cpu")[0]}))
 
 
 if __name__ == "__main__":

@@ -184,9 +184,9 @@ class TrainConfig:
     """Learning rate of the codec stage."""
     mixed_precision: Literal["no", "bf16", "auto"] = "no"
     """bf16 autocast; under train.parallel=fsdp also FSDP's policy: bf16 parameters in compute, gradients reduced in
-    fp32. `auto`: bf16 where the hardware computes it natively (recent GPUs; CPUs with AVX512-BF16 or AMX), fp32
-    elsewhere -- on an AVX2-only CPU bf16 is emulated and a step takes tens of times longer (an explicit bf16 there
-    warns)."""
+    fp32. `auto`: bf16 where it pays -- GPUs with bf16, and CPUs with AVX512-BF16 or AMX whose bf16 products time
+    clearly faster than fp32 (measured once per process) -- fp32 elsewhere: on an AVX2-only CPU bf16 is emulated and a
+    step takes tens of times longer (an explicit bf16 there warns)."""
     parallel: Literal["ddp", "fsdp"] = "ddp"
     """How several processes (torchrun / accelerate launch) share the work. ddp: every process holds the whole
     model and optimizer; fsdp: FSDP2 shards the prior (each block) and a trained codec over the processes, and

@@ -167,3 +167,4 @@ def test_a_run_computing_in_fp32_on_a_cpu_iterates_muon_in_fp32(reg):
     trainer = Trainer(cfg, "unused", build_codecs(cfg, reg), lambda *a: None, tasks=tasks_of(cfg, reg), checkpoints=False,
                       progress=False)
     assert trainer.precision == "no" and trainer._opt.muon.ns_dtype == torch.float32
+    assert trainer._meta()["precision"] == "no"  # saved with every checkpoint (state.json)

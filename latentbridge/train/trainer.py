@@ -328,6 +328,7 @@ class Trainer:
     def _meta(self) -> dict[str, Any]:
         return {
             "experiment": self.cfg.name, "stage": self.stage, "latentbridge_version": __version__,
+            "precision": self.precision,  # what train.mixed_precision resolved to on this machine (auto: where bf16 pays)
             "codecs": {r: {"codec": c.name, "provider": provider_of(type(c)), "fingerprint": c.fingerprint()}
                        for r, c in self.codecs.items() if r in self.module.frozen},
             "trainable_codecs": {r: {"codec": c.name, "provider": provider_of(type(c))}
