@@ -420,3 +420,37 @@ def test_flex_attention_matches_sdpa_on_gpu():
     out = prior(*args)
     valid = args[3].sample >= 0
     assert torch.allclose(out[valid], ref[valid], atol=1e-4)
+
+
+@pytest.mark.parametrize("step_conditioning", [False, True])
+def test_conditioning_once_per_distinct_time_gives_the_per_token_result(monkeypatch, step_conditioning):
+    """The time (and step) conditioning and its adaLN projections run once per distinct value (TokenConditioning):
+    the loss and every gradient equal the per-token computation (forced here as under torch.compile), and a packed
+    batch holds far fewer distinct times than tokens."""
+    from latentbridge.prior.layers import TokenConditioning
+
+    torch.manual_seed(0)
+    prior = BlockCausalDiT(prior_config("tiny", LAYOUT.dims, step_conditioning=step_conditioning)).double()
+    with torch.no_grad():
+        for p in prior.parameters():  # adaLN-Zero starts at zero: give every projection weight to compare
+            p.normal_(0, 0.2)
+    examples = random_examples(random.Random(3), 8, torch.float64)
+    noise = draw_noise(examples, LAYOUT, {n: Uniform() for n in LAYOUT.names}, torch.Generator().manual_seed(0))
+    seen = []
+    original = prior.conditioning
+    monkeypatch.setattr(prior, "conditioning", lambda *a, **k: seen.append(original(*a, **k)) or seen[-1])
+
+    def loss_and_grads():
+        prior.zero_grad()
+        loss = prior_loss(prior, LAYOUT, examples, noise=noise)["loss"]
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in prior.parameters()]
+
+    once, once_grads = loss_and_grads()
+    assert isinstance(seen[-1], TokenConditioning)
+    assert seen[-1].values.shape[0] * 4 < seen[-1].index.numel()  # few distinct times among the tokens
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    dense, dense_grads = loss_and_grads()
+    assert isinstance(seen[-1], torch.Tensor)
+    assert torch.allclose(once, dense, rtol=0, atol=1e-12)
+    assert all(torch.allclose(a, b, rtol=1e-9, atol=1e-12) for a, b in zip(once_grads, dense_grads))

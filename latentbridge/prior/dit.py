@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from latentbridge.prior.backbone import PriorBackbone
 from latentbridge.prior.cache import KVCache
-from latentbridge.prior.layers import DiTBlock, FinalLayer, RotaryEmbedding, TimestepEmbedder
+from latentbridge.prior.layers import DiTBlock, FinalLayer, RotaryEmbedding, TimestepEmbedder, TokenConditioning
 from latentbridge.prior.masks import TokenMeta, block_causal_mask, index_in_block, visible
 
 
@@ -157,6 +157,24 @@ class BlockCausalDiT(PriorBackbone):
             out = v if out is None else out + v
         return out
 
+    def conditioning(self, t: Tensor, step: Tensor | None = None) -> Tensor | TokenConditioning:
+        """Each token's conditioning from its flow time t [B, L] (and step span): the time embedding, plus the step
+        embedding of a prior with step_conditioning. Computed once per distinct (t, step) as a TokenConditioning
+        (its adaLN projections then run once per distinct value); dense [B, L, W] while torch.compile traces, whose
+        graphs want shapes that do not depend on the data."""
+        keys = t if self.step_embed is None else torch.stack([t, torch.zeros_like(t) if step is None else step], -1)
+        if torch.compiler.is_compiling():
+            return self._embed_conditioning(keys)
+        flat = keys.reshape(-1, keys.shape[-1]) if keys.ndim == 3 else keys.reshape(-1)
+        values, index = torch.unique(flat, dim=0, return_inverse=True)
+        return TokenConditioning(self._embed_conditioning(values), index.view(t.shape))
+
+    def _embed_conditioning(self, keys: Tensor) -> Tensor:
+        """keys [..] flow times, or [.., 2] (time, step span) -> conditioning [.., W]."""
+        if self.step_embed is None:
+            return self.t_embed(keys)
+        return self.t_embed(keys[..., 0]) + self.step_embed(keys[..., 1])
+
     # ---- attention mask ---------------------------------------------------------------------------------
 
     def attention_mask(self, q: TokenMeta, k: TokenMeta) -> object:
@@ -194,11 +212,9 @@ class BlockCausalDiT(PriorBackbone):
         if self.block_pos is not None:
             places = self.block_pos(index_in_block(meta).clamp_max(self.config.block_positions - 1))
             h = h + places * self.block_pos_gate.to(places.dtype)[codec][..., None]
-        c = self.t_embed(t)  # [B, L, W]
-        if self.step_embed is not None:
-            c = c + self.step_embed(torch.zeros_like(t) if step is None else step)
-        elif step is not None and bool((step != 0).any()):
+        if self.step_embed is None and step is not None and bool((step != 0).any()):
             raise ValueError("this prior was built without step_conditioning: it cannot take a step span (prior.step_conditioning)")
+        c = self.conditioning(t, step)
         cos_sin = self.rope.angles(meta.position)
         for i, block in enumerate(self.blocks):
             h = block(h, c, self.rope, cos_sin, mask, cache, i)

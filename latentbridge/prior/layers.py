@@ -21,6 +21,28 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     return x * (1 + scale) + shift
 
 
+class TokenConditioning:
+    """Each token's conditioning [B, L, W] held once per distinct value: `values` [U, W] and `index` [B, L] into them.
+
+    A token's conditioning is a function of its flow time (and step span) alone, and a training row holds few distinct
+    times -- one per block -- so the adaLN projections (Linear W -> 6W in every block, a third of a block's matrix
+    products when run per token) run on U rows instead of B * L: the demo prior's 4,096 tokens a step carry a few
+    hundred. The result is the same function of each token."""
+
+    def __init__(self, values: Tensor, index: Tensor) -> None:
+        self.values, self.index = values, index
+
+    def project(self, module: nn.Module) -> Tensor:
+        """module applied to every token's conditioning: [B, L, out]."""
+        out = module(self.values)  # [U, out]; index_select, whose backward (index_add) took 1.4 ms against 21 ms for out[index]
+        return out.index_select(0, self.index.reshape(-1)).view(*self.index.shape, out.shape[-1])
+
+
+def per_token(module: nn.Module, c: Tensor | TokenConditioning) -> Tensor:
+    """module(c) [B, L, out] for a dense conditioning [B, L, W] or a TokenConditioning."""
+    return c.project(module) if isinstance(c, TokenConditioning) else module(c)
+
+
 # --------------------------------------------------------------------------------------------------
 # Embeddings
 # --------------------------------------------------------------------------------------------------
@@ -154,7 +176,7 @@ class DiTBlock(nn.Module):
         nn.init.zeros_(self.ada[1].bias)
 
     def forward(self, x: Tensor, c: Tensor, rope, cos_sin, mask, cache=None, layer=0) -> Tensor:
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c).chunk(6, dim=-1)  # each [B, L, W]
+        shift1, scale1, gate1, shift2, scale2, gate2 = per_token(self.ada, c).chunk(6, dim=-1)  # each [B, L, W]
         h = self.attn(modulate(self.norm1(x), shift1, scale1), rope, cos_sin, mask, cache, layer)
         x = x + gate1 * h
         return x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
@@ -171,5 +193,5 @@ class FinalLayer(nn.Module):
         nn.init.zeros_(self.ada[1].bias)
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
-        shift, scale = self.ada(c).chunk(2, dim=-1)
+        shift, scale = per_token(self.ada, c).chunk(2, dim=-1)
         return modulate(self.norm(x), shift, scale)
