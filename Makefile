@@ -35,8 +35,8 @@ $(STAMP): pyproject.toml constraints.txt $(PLUGINS)
 # evaluators come from the latentbridge-demo plugin (plugins/latentbridge-demo). Trains the Text VAE,
 # the image VAE and the audio VAE on the data of the tasks that use them, then one block-causal prior on the
 # mixture caption -> image, image -> caption, text -> speech, speech -> text; then samples and scores all four
-# directions (against shuffled-condition controls, across guidance) into runs/demo/report.md. 16-27 minutes
-# on 2 cores, by machine. Run again, it resumes runs/demo (finished stages are kept) and re-evaluates.
+# directions (against shuffled-condition controls, across guidance) into runs/demo/report.md. About 16 minutes
+# on 2 cores (2026-12-08; machines vary). Run again, it resumes runs/demo (finished stages are kept) and re-evaluates.
 DEMO_RUN ?= runs/demo
 demo: setup
 	$(RUN) latentbridge codecs list
