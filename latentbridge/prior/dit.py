@@ -165,7 +165,7 @@ class BlockCausalDiT(PriorBackbone):
         keys = t if self.step_embed is None else torch.stack([t, torch.zeros_like(t) if step is None else step], -1)
         if torch.compiler.is_compiling():
             return self._embed_conditioning(keys)
-        flat = keys.reshape(-1, keys.shape[-1]) if keys.ndim == 3 else keys.reshape(-1)
+        flat = keys.reshape(-1) if self.step_embed is None else keys.reshape(-1, 2)  # one row per token
         values, index = torch.unique(flat, dim=0, return_inverse=True)
         return TokenConditioning(self._embed_conditioning(values), index.view(t.shape))
 
